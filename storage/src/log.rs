@@ -1,0 +1,1274 @@
+//! One partition's log: an ordered set of segments with appends, reads, group commit, roll,
+//! retention, truncation and recovery.
+//!
+//! Concurrency: a `Log` belongs to one glommio executor (it is `!Send`); many tasks of that executor
+//! may call it at once. State lives in a `RefCell` that is only borrowed inside synchronous helpers,
+//! never across an `.await`. Appends are serialized by `append_lock` (they only await for a roll, a
+//! preallocation or back-pressure), syncs by `flush_lock`: a caller waiting for durability either
+//! finds its offset already covered or runs the next sync, which covers every append made before it
+//! started — many appenders, one `fdatasync`.
+//!
+//! Durability invariants:
+//! * `flushed_offset` only moves forward past data that an `fdatasync` covered, and sealed segments are
+//!   synced before the active one, so a durable offset never depends on an unsynced older segment;
+//! * the recovery-point checkpoint names a segment base below which every segment is synced and
+//!   trimmed, so recovery scans only from there;
+//! * a clean-shutdown checkpoint is removed (and the removal synced) before the first new append can
+//!   reach the disk, so a crash after reopening is never mistaken for a clean stop.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::ReadResult;
+use glommio::sync::Semaphore;
+use mlog_wire::batch::{self, BatchHeader, RecordBatch, HEADER_LEN};
+
+use crate::appender::Appender;
+use crate::batch_cache::{BatchCache, CachedBatch};
+use crate::checkpoint::{self, Kind};
+use crate::config::{FlushPolicy, LogConfig};
+use crate::error::{IoContext, Result, StorageError};
+use crate::recovery::scan_batches;
+use crate::segment::{self, BatchMeta, Segment};
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset assigned to the batch's first record.
+    pub base_offset: u64,
+    /// Offset of the batch's last record.
+    pub last_offset: u64,
+}
+
+/// One piece of a read: bytes from the batch cache or a slice of a DMA read buffer. Either way the
+/// bytes are exactly those appended.
+#[derive(Debug, Clone)]
+pub enum ReadChunk {
+    /// A batch served from memory.
+    Cached(Bytes),
+    /// A run of batches read from a segment file.
+    Disk(ReadResult),
+}
+
+impl std::ops::Deref for ReadChunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadChunk::Cached(b) => b,
+            ReadChunk::Disk(r) => r,
+        }
+    }
+}
+
+/// Whole batches returned by `Log::read`, in offset order.
+#[derive(Debug, Clone, Default)]
+pub struct LogRead {
+    /// The batches' bytes, possibly in several chunks.
+    pub chunks: Vec<ReadChunk>,
+    /// Offset after the last returned batch (the next offset to read).
+    pub next_offset: u64,
+}
+
+impl LogRead {
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum()
+    }
+
+    /// True when no batch was returned.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(|c| c.is_empty())
+    }
+
+    /// The bytes in one buffer (copies; for tests and tools).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+}
+
+/// What `Log::open` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    /// The previous stop was clean: nothing was scanned.
+    pub clean_shutdown: bool,
+    /// Segments whose batches were scanned and indexes rebuilt.
+    pub segments_scanned: usize,
+    /// Batches validated by the scans.
+    pub batches_scanned: u64,
+    /// Bytes cut off at invalid tails.
+    pub bytes_truncated: u64,
+    /// Whole segments removed because they followed an invalid byte.
+    pub segments_removed: usize,
+}
+
+/// One entry of the leader-epoch history: `epoch` began at `start_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochEntry {
+    /// The leader epoch.
+    pub epoch: i32,
+    /// First offset written in that epoch.
+    pub start_offset: u64,
+}
+
+struct State {
+    segments: BTreeMap<u64, Segment>,
+    log_start: u64,
+    log_end: u64,
+    /// Every offset below is covered by an fdatasync.
+    flushed: u64,
+    /// Last checkpointed recovery point (a segment base).
+    recovery_point: u64,
+    high_watermark: u64,
+    epochs: Vec<EpochEntry>,
+    cache: BatchCache,
+    failed: Option<String>,
+    closed: bool,
+    /// Group-commit rounds run (each covers every append made before it started).
+    syncs: u64,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.closed {
+            return Err(StorageError::Closed);
+        }
+        if let Some(why) = &self.failed {
+            return Err(StorageError::Failed(why.clone()));
+        }
+        Ok(())
+    }
+
+    fn evict_cache(&mut self) {
+        let segments = &self.segments;
+        self.cache.evict(|b| {
+            segments
+                .get(&b.segment)
+                .and_then(|s| s.appender.as_ref())
+                .is_none_or(|a| a.state().written_upto() >= b.end_position)
+        });
+    }
+}
+
+/// A partition's durable log. See the module docs for its concurrency and durability rules.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    st: RefCell<State>,
+    append_lock: Semaphore,
+    flush_lock: Semaphore,
+    recovery: RecoveryStats,
+}
+
+/// Contents of the clean-shutdown checkpoint.
+struct CleanShutdown {
+    log_end: u64,
+    active_base: u64,
+    active_size: u64,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering from an unclean stop if needed. Must run on a
+    /// glommio executor. A torn or corrupt tail never makes it fail; an unreadable directory or a
+    /// file it cannot interpret does.
+    pub async fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Rc<Log>> {
+        config.validate()?;
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).ctx("creating log directory", &dir)?;
+        let bases = list_segments(&dir)?;
+        let clean = read_clean_shutdown(&dir)?;
+        let recovery_point = read_u64(&dir, Kind::RecoveryPoint)?.unwrap_or(0);
+        let mut log_start = read_u64(&dir, Kind::LogStartOffset)?.unwrap_or(0);
+        let high_watermark = read_u64(&dir, Kind::HighWatermark)?.unwrap_or(0);
+        let mut epochs = read_epochs(&dir)?;
+
+        let mut stats = RecoveryStats {
+            clean_shutdown: clean.is_some(),
+            ..RecoveryStats::default()
+        };
+        let bases = if bases.is_empty() { vec![log_start] } else { bases };
+        let mut segments = BTreeMap::new();
+        let mut expected_next: Option<u64> = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let next_base = bases.get(i + 1).copied();
+            if expected_next.is_some_and(|e| e != base) {
+                // A gap or overlap after a recovered segment: everything from here on is unusable.
+                for &b in &bases[i..] {
+                    remove_segment_files(&dir, b)?;
+                    stats.segments_removed += 1;
+                }
+                break;
+            }
+            let is_last = next_base.is_none();
+            let mut seg = Segment::open(&dir, base, config.index_max_bytes, is_last).await?;
+            let clean_here = clean.as_ref().filter(|c| !is_last || (c.active_base == base && c.active_size == seg.allocated));
+            let trusted = clean_here.is_some() || next_base.is_some_and(|nb| nb <= recovery_point);
+            let mut needs_scan = !trusted;
+            if trusted {
+                seg.size = seg.allocated;
+                seg.next_offset = match (next_base, clean_here) {
+                    (Some(nb), _) => nb,
+                    (None, Some(c)) => c.log_end,
+                    (None, None) => base,
+                };
+                let offsets = seg.next_offset.saturating_sub(base);
+                needs_scan = seg.next_offset < base
+                    || seg.indexes_missing
+                    || !seg.index.is_sane(seg.size, offsets)
+                    || !seg.time_index.is_sane(offsets);
+                if !needs_scan {
+                    seg.load_max_timestamp();
+                    seg.bytes_since_index = seg.size - seg.index.last_position();
+                }
+            }
+            let mut truncated = false;
+            if needs_scan {
+                truncated = recover_segment(&mut seg, &config, &mut stats).await?;
+            }
+            expected_next = Some(seg.next_offset);
+            if truncated && !is_last {
+                // Later segments cannot continue an invalid byte: drop them (see module docs).
+                for &b in &bases[i + 1..] {
+                    remove_segment_files(&dir, b)?;
+                    stats.segments_removed += 1;
+                }
+                segments.insert(base, seg);
+                break;
+            }
+            segments.insert(base, seg);
+        }
+        // The last surviving segment becomes the active one.
+        let (&active_base, active) = segments.iter_mut().next_back().expect("at least one segment");
+        if active.sealed {
+            active.reopen_indexes_for_append()?;
+        }
+        let appender = Appender::new(
+            active.file.clone(),
+            active.log_path.clone(),
+            active.size,
+            config.write_buffer_bytes,
+        )
+        .await?;
+        // Recovered bytes may sit in the device's volatile cache after a crash: make them durable
+        // before anything is acknowledged on top of them.
+        active.file.fdatasync().await.ctx("fdatasync", &active.log_path)?;
+        active.appender = Some(appender);
+        let log_end = active.next_offset;
+        let first_base = *segments.keys().next().expect("at least one segment");
+        log_start = log_start.clamp(first_base, log_end);
+        epochs.retain(|e| e.start_offset < log_end);
+        if clean.is_some() {
+            checkpoint::remove(&dir, Kind::CleanShutdown)?;
+        }
+        checkpoint::write(&dir, Kind::RecoveryPoint, &checkpoint::u64_payload(active_base))?;
+        checkpoint::sync_dir(&dir)?;
+
+        let log = Rc::new(Log {
+            st: RefCell::new(State {
+                segments,
+                log_start,
+                log_end,
+                flushed: log_end,
+                recovery_point: active_base,
+                high_watermark: high_watermark.clamp(log_start, log_end),
+                epochs,
+                cache: BatchCache::new(config.batch_cache_bytes),
+                failed: None,
+                closed: false,
+                syncs: 0,
+            }),
+            append_lock: Semaphore::new(1),
+            flush_lock: Semaphore::new(1),
+            recovery: stats,
+            dir,
+            config,
+        });
+        if let FlushPolicy::Interval(every) = log.config.flush {
+            spawn_interval_flusher(Rc::downgrade(&log), every);
+        }
+        Ok(log)
+    }
+
+    /// Appends a batch (validated here), assigning its offsets. The batch's base offset field is
+    /// rewritten, and its partition leader epoch is set to the newest epoch of the history (if any);
+    /// nothing else is changed. Returns once the batch is buffered, or, with `FlushPolicy::Always`,
+    /// once an fdatasync covered it.
+    pub async fn append(&self, batch: BytesMut) -> Result<AppendInfo> {
+        self.append_inner(batch, None).await
+    }
+
+    /// Like `append`, stamping `leader_epoch`; a newer epoch starts a new leader-epoch history entry
+    /// at this batch's base offset (checkpointed before the append). Older epochs are refused.
+    pub async fn append_with_epoch(&self, batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
+        self.append_inner(batch, Some(leader_epoch)).await
+    }
+
+    async fn append_inner(&self, mut batch: BytesMut, leader_epoch: Option<i32>) -> Result<AppendInfo> {
+        let len = batch.len();
+        if len > self.config.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge {
+                size: len,
+                limit: self.config.max_batch_bytes,
+            });
+        }
+        let header = *RecordBatch::parse(&batch)?.header();
+        if header.total_len() != len {
+            return Err(StorageError::BatchLengthMismatch {
+                declared: header.total_len(),
+                actual: len,
+            });
+        }
+        let _permit = self.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        self.st.borrow().check_writable()?;
+        if let Some(epoch) = leader_epoch {
+            self.record_epoch(epoch).await?;
+        }
+        self.roll_if_needed(len as u64, header.last_offset_delta as u64).await?;
+        self.preallocate_for(len as u64).await?;
+
+        let (info, write_state) = {
+            let mut guard = self.st.borrow_mut();
+            let st = &mut *guard;
+            let base_offset = st.log_end;
+            batch::set_base_offset(&mut batch, base_offset as i64);
+            if let Some(e) = st.epochs.last() {
+                batch::set_partition_leader_epoch(&mut batch, e.epoch);
+            }
+            let meta = BatchMeta {
+                base_offset,
+                last_offset: base_offset + header.last_offset_delta as u64,
+                max_timestamp: header.max_timestamp,
+                len: len as u64,
+            };
+            let interval = self.config.index_interval_bytes;
+            let active = st.active_mut();
+            let position = active.size;
+            let appender = active.appender.as_mut().expect("the active segment has an appender");
+            appender.check()?;
+            appender.append(&batch);
+            let write_state = appender.state().clone();
+            active.track_batch(meta, position, interval);
+            let segment = active.base_offset;
+            let end_position = active.size;
+            st.log_end = meta.last_offset + 1;
+            st.cache.push(CachedBatch {
+                base_offset,
+                next_offset: st.log_end,
+                segment,
+                end_position,
+                bytes: batch.freeze(),
+            });
+            st.evict_cache();
+            let info = AppendInfo {
+                base_offset,
+                last_offset: meta.last_offset,
+            };
+            (info, write_state)
+        };
+        // Back-pressure: the next appender waits (behind the lock) until the disk caught up.
+        write_state.wait_room(self.config.max_writes_in_flight).await?;
+        drop(_permit);
+        if self.config.flush == FlushPolicy::Always {
+            self.flush_upto(info.last_offset + 1).await?;
+        }
+        Ok(info)
+    }
+
+    async fn record_epoch(&self, epoch: i32) -> Result<()> {
+        let entries = {
+            let mut st = self.st.borrow_mut();
+            let start_offset = st.log_end;
+            match st.epochs.last() {
+                Some(last) if last.epoch == epoch => return Ok(()),
+                Some(last) if last.epoch > epoch => {
+                    return Err(StorageError::StaleLeaderEpoch {
+                        epoch,
+                        latest: last.epoch,
+                    })
+                }
+                _ => {}
+            }
+            st.epochs.push(EpochEntry { epoch, start_offset });
+            st.epochs.clone()
+        };
+        self.write_epochs(entries).await
+    }
+
+    async fn roll_if_needed(&self, len: u64, last_delta: u64) -> Result<()> {
+        let roll = {
+            let st = self.st.borrow();
+            let active = st.active();
+            let too_old = self
+                .config
+                .segment_ms
+                .is_some_and(|age| active.created.elapsed() >= age);
+            active.size > 0 && (too_old || !active.fits(len, st.log_end + last_delta, self.config.segment_bytes))
+        };
+        if roll {
+            self.roll().await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one at the log end. Must hold `append_lock`.
+    async fn roll(&self) -> Result<()> {
+        let new_base = self.st.borrow().log_end;
+        let mut seg = Segment::open(&self.dir, new_base, self.config.index_max_bytes, true).await?;
+        seg.appender = Some(
+            Appender::new(seg.file.clone(), seg.log_path.clone(), 0, self.config.write_buffer_bytes)
+                .await?,
+        );
+        {
+            let mut st = self.st.borrow_mut();
+            let active = st.active_mut();
+            if let Some(a) = active.appender.as_mut() {
+                a.submit_tail();
+            }
+            active.seal()?;
+            st.segments.insert(new_base, seg);
+        }
+        // Sync the sealed segment now, so unsynced segments (and their buffers) never pile up.
+        checkpoint::sync_dir(&self.dir)?;
+        self.flush().await.map(|_| ())
+    }
+
+    async fn preallocate_for(&self, len: u64) -> Result<()> {
+        let job = {
+            let st = self.st.borrow();
+            let active = st.active();
+            let need = active.size + len;
+            (need > active.allocated).then(|| {
+                let target = (active.allocated + self.config.preallocate_bytes)
+                    .min(self.config.segment_bytes)
+                    .max(need);
+                (active.file.clone(), active.log_path.clone(), target)
+            })
+        };
+        if let Some((file, path, target)) = job {
+            file.pre_allocate(target, false).await.ctx("preallocating segment", &path)?;
+            self.st.borrow_mut().active_mut().allocated = target;
+        }
+        Ok(())
+    }
+
+    /// Makes every append made before this call durable (one fdatasync shared with concurrent
+    /// callers). Returns the offset below which everything is durable.
+    pub async fn flush(&self) -> Result<u64> {
+        let target = self.st.borrow().log_end;
+        self.flush_upto(target).await?;
+        Ok(self.st.borrow().flushed)
+    }
+
+    async fn flush_upto(&self, target: u64) -> Result<()> {
+        if self.st.borrow().flushed >= target {
+            return Ok(());
+        }
+        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        if self.st.borrow().flushed >= target {
+            return Ok(()); // the sync we queued behind covered us
+        }
+        let (end, jobs) = {
+            let mut st = self.st.borrow_mut();
+            if let Some(why) = &st.failed {
+                return Err(StorageError::Failed(why.clone()));
+            }
+            let end = st.log_end;
+            let jobs: Vec<SyncJob> = st
+                .segments
+                .values_mut()
+                .filter_map(|seg| {
+                    let sealed = seg.sealed;
+                    let size = seg.size;
+                    let a = seg.appender.as_mut()?;
+                    Some(SyncJob {
+                        base: seg.base_offset,
+                        position: a.submit_tail(),
+                        file: a.file().clone(),
+                        state: a.state().clone(),
+                        path: seg.log_path.clone(),
+                        sealed,
+                        size,
+                    })
+                })
+                .collect();
+            (end, jobs)
+        };
+        let outcome = self.run_sync_jobs(&jobs).await;
+        let mut st = self.st.borrow_mut();
+        match outcome {
+            Ok(sealed_synced) => {
+                st.flushed = st.flushed.max(end);
+                st.syncs += 1;
+                if sealed_synced {
+                    let rp = st.active().base_offset;
+                    if rp != st.recovery_point {
+                        st.recovery_point = rp;
+                        drop(st);
+                        return self.write_u64(Kind::RecoveryPoint, rp).await;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                st.failed.get_or_insert_with(|| e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Syncs sealed segments (trimming their files and indexes) then the active one. Returns whether a
+    /// sealed segment was finished.
+    async fn run_sync_jobs(&self, jobs: &[SyncJob]) -> Result<bool> {
+        let mut sealed_synced = false;
+        for job in jobs {
+            if job.sealed {
+                job.state.wait_written(job.position).await?;
+                job.file.truncate(job.size).await.ctx("trimming segment", &job.path)?;
+                Appender::sync_upto(&job.file, &job.state, &job.path, job.position).await?;
+                let handles = {
+                    let st = self.st.borrow();
+                    match st.segments.get(&job.base) {
+                        Some(seg) => Some((seg.index.sync_handle()?, seg.time_index.sync_handle()?)),
+                        None => None,
+                    }
+                };
+                if let Some((index, time_index)) = handles {
+                    let path = job.path.clone();
+                    glommio::executor()
+                        .spawn_blocking(move || {
+                            index.sync_all().and_then(|_| time_index.sync_all()).ctx("syncing index", &path)
+                        })
+                        .await?;
+                }
+                if let Some(seg) = self.st.borrow_mut().segments.get_mut(&job.base) {
+                    seg.appender = None;
+                    seg.allocated = job.size;
+                }
+                sealed_synced = true;
+            } else {
+                Appender::sync_upto(&job.file, &job.state, &job.path, job.position).await?;
+            }
+        }
+        Ok(sealed_synced)
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` (at least one
+    /// batch, even a larger one). Reading at the log end returns no batches.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<LogRead> {
+        let plan = {
+            let st = self.st.borrow();
+            if offset < st.log_start || offset > st.log_end {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                });
+            }
+            if offset == st.log_end {
+                return Ok(LogRead {
+                    chunks: Vec::new(),
+                    next_offset: offset,
+                });
+            }
+            if st.cache.first_offset().is_some_and(|first| first <= offset) {
+                let chunks = st.cache.read(offset, max_bytes);
+                let next_offset = chunks
+                    .last()
+                    .and_then(|b| BatchHeader::parse(b).ok())
+                    .map_or(offset, |h| h.next_offset() as u64);
+                return Ok(LogRead {
+                    chunks: chunks.into_iter().map(ReadChunk::Cached).collect(),
+                    next_offset,
+                });
+            }
+            let seg = st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s)
+                .filter(|s| offset < s.next_offset)
+                .ok_or(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                })?;
+            DiskRead {
+                file: seg.file.clone(),
+                path: seg.log_path.clone(),
+                position: seg.scan_start(offset),
+                limit: seg.readable_upto(),
+            }
+        };
+        plan.run(offset, max_bytes, self.config.index_interval_bytes as usize).await
+    }
+
+    /// The earliest offset whose record timestamp is `>= timestamp`, or `None` if every record is
+    /// older.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        let range = {
+            let st = self.st.borrow();
+            st.segments
+                .values()
+                .find(|s| s.size > 0 && s.next_offset > st.log_start && s.max_timestamp >= timestamp)
+                .map(|s| {
+                    let from = s
+                        .time_index
+                        .last_below(timestamp)
+                        .map_or(s.base_offset, |e| s.base_offset + e.relative_offset as u64 + 1);
+                    (from.max(st.log_start), s.next_offset)
+                })
+        };
+        let Some((from, end)) = range else {
+            return Ok(None);
+        };
+        let mut offset = from;
+        while offset < end {
+            let read = self.read(offset, 256 << 10).await?;
+            if read.is_empty() {
+                break;
+            }
+            for chunk in &read.chunks {
+                let mut rest: &[u8] = chunk;
+                while !rest.is_empty() {
+                    let b = RecordBatch::parse(rest)?;
+                    if b.header().max_timestamp >= timestamp {
+                        return Ok(Some(first_record_at_or_after(&b, timestamp, from)));
+                    }
+                    rest = &rest[b.as_bytes().len()..];
+                }
+            }
+            offset = read.next_offset;
+        }
+        Ok(None)
+    }
+
+    /// Removes every batch that holds an offset `>= offset` (the whole batch containing `offset`
+    /// goes, so the new log end may be below `offset`). Durable when it returns. Truncating at or
+    /// below the log start empties the log and restarts it at `offset`.
+    pub async fn truncate_suffix(&self, offset: u64) -> Result<()> {
+        let _permit = self.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        self.st.borrow().check_writable()?;
+        // Every write must have landed before bytes are cut from under it.
+        self.flush().await?;
+        let (log_start, log_end) = {
+            let st = self.st.borrow();
+            (st.log_start, st.log_end)
+        };
+        if offset >= log_end {
+            return Ok(());
+        }
+        if offset <= log_start {
+            return self.restart_at(offset).await;
+        }
+        // Drop whole segments past the cut.
+        let doomed: Vec<u64> = {
+            let mut st = self.st.borrow_mut();
+            let keep_base = *st.segments.range(..=offset).next_back().map(|(b, _)| b).unwrap_or(&0);
+            let doomed: Vec<u64> = st.segments.range(keep_base + 1..).map(|(b, _)| *b).collect();
+            for b in &doomed {
+                st.segments.remove(b);
+            }
+            doomed
+        };
+        for b in doomed {
+            remove_segment_files(&self.dir, b)?;
+        }
+        // Find the cut inside the (now last) segment.
+        let (file, path, base, from) = {
+            let st = self.st.borrow();
+            let seg = st.active();
+            (seg.file.clone(), seg.log_path.clone(), seg.base_offset, seg.scan_start(offset))
+        };
+        let from_offset = self.offset_at_position(base, from).await?;
+        let limit = self.st.borrow().active().size;
+        let mut cut = (limit, log_end);
+        scan_batches(&file, &path, from, from_offset, limit, |meta, pos| {
+            if meta.last_offset >= offset {
+                cut = (pos, meta.base_offset);
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await?;
+        let (cut_position, new_end) = cut;
+        file.truncate(cut_position).await.ctx("truncating segment", &path)?;
+        file.fdatasync().await.ctx("fdatasync", &path)?;
+        // Rebuild the segment's metadata and indexes from what is left.
+        let mut rebuilt = Vec::new();
+        scan_batches(&file, &path, 0, base, cut_position, |meta, pos| {
+            rebuilt.push((meta, pos));
+            ControlFlow::Continue(())
+        })
+        .await?;
+        let appender = Appender::new(file, path, cut_position, self.config.write_buffer_bytes).await?;
+        let epochs = {
+            let mut st = self.st.borrow_mut();
+            let interval = self.config.index_interval_bytes;
+            let seg = st.active_mut();
+            if seg.sealed {
+                seg.reopen_indexes_for_append()?;
+            }
+            reset_segment(seg);
+            for (meta, pos) in rebuilt {
+                seg.track_batch(meta, pos, interval);
+            }
+            seg.allocated = cut_position;
+            seg.appender = Some(appender);
+            st.log_end = new_end;
+            st.flushed = st.flushed.min(new_end);
+            st.high_watermark = st.high_watermark.min(new_end);
+            st.cache.truncate_from(new_end);
+            st.epochs.retain(|e| e.start_offset < new_end);
+            st.recovery_point = st.recovery_point.min(base);
+            st.epochs.clone()
+        };
+        checkpoint::sync_dir(&self.dir)?;
+        self.write_u64(Kind::RecoveryPoint, base.min(self.st.borrow().recovery_point)).await?;
+        self.write_epochs(epochs).await
+    }
+
+    /// The base offset of the batch at `position` of segment `base` (positions come from the index).
+    async fn offset_at_position(&self, base: u64, position: u64) -> Result<u64> {
+        if position == 0 {
+            return Ok(base);
+        }
+        let (file, path) = {
+            let st = self.st.borrow();
+            let seg = st.active();
+            (seg.file.clone(), seg.log_path.clone())
+        };
+        let head = file.read_at(position, HEADER_LEN).await.ctx("reading segment", &path)?;
+        let h = BatchHeader::parse(&head).map_err(|e| StorageError::Corrupt {
+            path,
+            position,
+            reason: e.to_string(),
+        })?;
+        Ok(h.base_offset as u64)
+    }
+
+    /// Deletes every segment and starts an empty one at `offset`.
+    async fn restart_at(&self, offset: u64) -> Result<()> {
+        let doomed: Vec<u64> = self.st.borrow().segments.keys().copied().collect();
+        let mut seg = Segment::open(&self.dir, offset, self.config.index_max_bytes, true).await?;
+        if doomed.contains(&offset) {
+            // Reusing the name: start from an empty file.
+            seg.file.truncate(0).await.ctx("truncating segment", &seg.log_path)?;
+            seg.index.clear();
+            seg.time_index.clear();
+            seg.allocated = 0;
+        }
+        seg.appender = Some(
+            Appender::new(seg.file.clone(), seg.log_path.clone(), 0, self.config.write_buffer_bytes)
+                .await?,
+        );
+        {
+            let mut st = self.st.borrow_mut();
+            st.segments.clear();
+            st.segments.insert(offset, seg);
+            st.log_start = offset;
+            st.log_end = offset;
+            st.flushed = offset;
+            st.high_watermark = offset;
+            st.recovery_point = offset;
+            st.epochs.clear();
+            st.cache.clear();
+        }
+        for b in doomed.into_iter().filter(|b| *b != offset) {
+            remove_segment_files(&self.dir, b)?;
+        }
+        checkpoint::sync_dir(&self.dir)?;
+        self.write_u64(Kind::LogStartOffset, offset).await?;
+        self.write_u64(Kind::RecoveryPoint, offset).await?;
+        self.write_epochs(Vec::new()).await
+    }
+
+    /// Moves the log start up to `offset` (clamped to the log end) and deletes the segments wholly
+    /// below it. The active segment is never deleted. Returns the number of segments deleted.
+    pub async fn delete_before(&self, offset: u64) -> Result<usize> {
+        let new_start = {
+            let st = self.st.borrow();
+            offset.clamp(st.log_start, st.log_end)
+        };
+        self.delete_segments(new_start).await
+    }
+
+    /// Applies `retention_bytes` and `retention_ms` (measured against `now`), deleting whole sealed
+    /// segments from the oldest. Returns the number deleted.
+    pub async fn enforce_retention(&self, now: SystemTime) -> Result<usize> {
+        let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let (by_size, by_age) = {
+            let st = self.st.borrow();
+            let mut excess = self
+                .config
+                .retention_bytes
+                .map_or(0, |limit| self.size_bytes_of(&st).saturating_sub(limit));
+            let mut by_size = 0usize;
+            for s in st.segments.values() {
+                if s.size > excess || !s.sealed {
+                    break;
+                }
+                excess -= s.size;
+                by_size += 1;
+            }
+            let by_age = self.config.retention_ms.map_or(0, |age| {
+                let cutoff = now_ms.saturating_sub(age.as_millis() as i64);
+                st.segments
+                    .values()
+                    .take_while(|s| s.sealed && s.max_timestamp < cutoff)
+                    .count()
+            });
+            (by_size, by_age)
+        };
+        let n = by_size.max(by_age);
+        if n == 0 {
+            return Ok(0);
+        }
+        let new_start = {
+            let st = self.st.borrow();
+            st.segments.values().nth(n).map_or(st.log_end, |s| s.base_offset)
+        };
+        self.delete_segments(new_start.max(self.st.borrow().log_start)).await
+    }
+
+    async fn delete_segments(&self, new_start: u64) -> Result<usize> {
+        let doomed: Vec<u64> = {
+            let mut st = self.st.borrow_mut();
+            st.log_start = new_start;
+            st.high_watermark = st.high_watermark.max(new_start);
+            let doomed: Vec<u64> = st
+                .segments
+                .values()
+                .filter(|s| s.sealed && s.appender.is_none() && s.next_offset <= new_start)
+                .map(|s| s.base_offset)
+                .collect();
+            for b in &doomed {
+                st.segments.remove(b);
+            }
+            st.cache.drop_before(new_start);
+            doomed
+        };
+        // The new start is durable before any file goes, so a crash can't resurrect deleted data.
+        self.write_u64(Kind::LogStartOffset, new_start).await?;
+        for b in &doomed {
+            remove_segment_files(&self.dir, *b)?;
+        }
+        if !doomed.is_empty() {
+            checkpoint::sync_dir(&self.dir)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Flushes, trims the active segment, writes every checkpoint and marks the stop as clean, so the
+    /// next open needs no scan. Further calls fail with `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        let _permit = self.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        self.st.borrow().check_writable()?;
+        self.flush().await?;
+        let (file, path, size, clean, hw, start, epochs) = {
+            let mut st = self.st.borrow_mut();
+            st.closed = true;
+            let log_end = st.log_end;
+            let (hw, start, epochs) = (st.high_watermark, st.log_start, st.epochs.clone());
+            let active = st.active_mut();
+            active.push_final_time_entry();
+            active.index.seal()?;
+            active.time_index.seal()?;
+            active.appender = None;
+            let clean = CleanShutdown {
+                log_end,
+                active_base: active.base_offset,
+                active_size: active.size,
+            };
+            (active.file.clone(), active.log_path.clone(), active.size, clean, hw, start, epochs)
+        };
+        file.truncate(size).await.ctx("trimming segment", &path)?;
+        file.fdatasync().await.ctx("fdatasync", &path)?;
+        self.write_u64(Kind::HighWatermark, hw).await?;
+        self.write_u64(Kind::LogStartOffset, start).await?;
+        self.write_epochs(epochs).await?;
+        let mut payload = Vec::with_capacity(24);
+        payload.extend_from_slice(&clean.log_end.to_be_bytes());
+        payload.extend_from_slice(&clean.active_base.to_be_bytes());
+        payload.extend_from_slice(&clean.active_size.to_be_bytes());
+        self.write_checkpoint(Kind::CleanShutdown, payload).await?;
+        self.append_lock.close();
+        self.flush_lock.close();
+        Ok(())
+    }
+
+    /// Writes the high-watermark and recovery-point checkpoints.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let (hw, rp) = {
+            let st = self.st.borrow();
+            (st.high_watermark, st.recovery_point)
+        };
+        self.write_u64(Kind::HighWatermark, hw).await?;
+        self.write_u64(Kind::RecoveryPoint, rp).await
+    }
+
+    async fn write_u64(&self, kind: Kind, v: u64) -> Result<()> {
+        self.write_checkpoint(kind, checkpoint::u64_payload(v).to_vec()).await
+    }
+
+    async fn write_epochs(&self, epochs: Vec<EpochEntry>) -> Result<()> {
+        let mut payload = Vec::with_capacity(4 + epochs.len() * 12);
+        payload.extend_from_slice(&(epochs.len() as u32).to_be_bytes());
+        for e in &epochs {
+            payload.extend_from_slice(&e.epoch.to_be_bytes());
+            payload.extend_from_slice(&e.start_offset.to_be_bytes());
+        }
+        self.write_checkpoint(Kind::LeaderEpochs, payload).await
+    }
+
+    async fn write_checkpoint(&self, kind: Kind, payload: Vec<u8>) -> Result<()> {
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || checkpoint::write(&dir, kind, &payload))
+            .await
+    }
+
+    /// Sets the high watermark (clamped to `[log_start, log_end]`); persisted by `checkpoint`/`close`.
+    pub fn set_high_watermark(&self, offset: u64) {
+        let mut st = self.st.borrow_mut();
+        st.high_watermark = offset.clamp(st.log_start, st.log_end);
+    }
+
+    /// The high watermark.
+    pub fn high_watermark(&self) -> u64 {
+        self.st.borrow().high_watermark
+    }
+
+    /// First readable offset.
+    pub fn log_start_offset(&self) -> u64 {
+        self.st.borrow().log_start
+    }
+
+    /// Offset the next appended record gets.
+    pub fn log_end_offset(&self) -> u64 {
+        self.st.borrow().log_end
+    }
+
+    /// Every offset below this is durable (covered by an fdatasync).
+    pub fn flushed_offset(&self) -> u64 {
+        self.st.borrow().flushed
+    }
+
+    /// Group-commit rounds run so far: each is one `fdatasync` per segment with unsynced data, covering
+    /// every append made before it began.
+    pub fn sync_count(&self) -> u64 {
+        self.st.borrow().syncs
+    }
+
+    /// The leader-epoch history, oldest first.
+    pub fn leader_epochs(&self) -> Vec<EpochEntry> {
+        self.st.borrow().epochs.clone()
+    }
+
+    /// Bytes of log data in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes_of(&self.st.borrow())
+    }
+
+    fn size_bytes_of(&self, st: &State) -> u64 {
+        st.segments.values().map(|s| s.size).sum()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.st.borrow().segments.keys().copied().collect()
+    }
+
+    /// What `open` had to do.
+    pub fn recovery_stats(&self) -> &RecoveryStats {
+        &self.recovery
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+}
+
+/// A sync of one segment, captured so no borrow is held while it runs.
+struct SyncJob {
+    base: u64,
+    position: u64,
+    file: Rc<glommio::io::DmaFile>,
+    state: Rc<crate::appender::WriteState>,
+    path: PathBuf,
+    sealed: bool,
+    size: u64,
+}
+
+/// A disk read, captured so no borrow is held while it runs.
+struct DiskRead {
+    file: Rc<glommio::io::DmaFile>,
+    path: PathBuf,
+    position: u64,
+    limit: u64,
+}
+
+impl DiskRead {
+    /// Reads from `position` (a batch start at or below the batch holding `offset`) and returns
+    /// the batches from the one holding `offset`, whole, within `max_bytes`.
+    async fn run(self, offset: u64, max_bytes: usize, index_interval: usize) -> Result<LogRead> {
+        let window = max_bytes.saturating_add(index_interval).max(64 << 10);
+        let mut position = self.position;
+        loop {
+            let want = (self.limit.saturating_sub(position)).min(window as u64) as usize;
+            if want < HEADER_LEN {
+                return Err(self.corrupt(position, "offset not found before the end of the segment"));
+            }
+            let data = self.file.read_at(position, want).await.ctx("reading segment", &self.path)?;
+            // Skip batches below `offset`.
+            let mut p = 0usize;
+            let mut first = None;
+            while let Some(h) = self.header_at(&data, position, p)? {
+                if (h.last_offset() as u64) >= offset {
+                    first = Some(h);
+                    break;
+                }
+                p += h.total_len();
+            }
+            let Some(h) = first else {
+                if p == 0 {
+                    return Err(self.corrupt(position, "batch header does not fit the readable range"));
+                }
+                position += p as u64;
+                continue;
+            };
+            if p + h.total_len() > data.len() {
+                // The first batch is only partly in the window: read it whole.
+                let start = position + p as u64;
+                let data = self.file.read_at(start, h.total_len()).await.ctx("reading segment", &self.path)?;
+                if data.len() < h.total_len() {
+                    return Err(self.corrupt(start, "batch runs past the readable range"));
+                }
+                return Ok(LogRead {
+                    chunks: vec![ReadChunk::Disk(data)],
+                    next_offset: h.next_offset() as u64,
+                });
+            }
+            let mut end = p + h.total_len();
+            let mut next_offset = h.next_offset() as u64;
+            while let Some(n) = self.header_at(&data, position, end)? {
+                if end + n.total_len() > data.len() || end - p + n.total_len() > max_bytes {
+                    break;
+                }
+                end += n.total_len();
+                next_offset = n.next_offset() as u64;
+            }
+            let chunk = ReadResult::slice(&data, p, end - p)
+                .ok_or_else(|| self.corrupt(position, "slice outside the read buffer"))?;
+            return Ok(LogRead {
+                chunks: vec![ReadChunk::Disk(chunk)],
+                next_offset,
+            });
+        }
+    }
+
+    /// The batch header at `p` of `data`, if a whole header is there.
+    fn header_at(&self, data: &[u8], base: u64, p: usize) -> Result<Option<BatchHeader>> {
+        let Some(bytes) = data.get(p..p + HEADER_LEN) else {
+            return Ok(None);
+        };
+        match BatchHeader::parse(bytes) {
+            Ok(h) if h.total_len() >= HEADER_LEN => Ok(Some(h)),
+            Ok(_) => Err(self.corrupt(base + p as u64, "batch length below the header size")),
+            Err(e) => Err(self.corrupt(base + p as u64, &e.to_string())),
+        }
+    }
+
+    fn corrupt(&self, position: u64, reason: &str) -> StorageError {
+        StorageError::Corrupt {
+            path: self.path.clone(),
+            position,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn first_record_at_or_after(batch: &RecordBatch<'_>, timestamp: i64, from: u64) -> u64 {
+    let base = batch.header().base_offset as u64;
+    if let Ok(records) = batch.records() {
+        for r in records.flatten() {
+            if r.timestamp >= timestamp && r.offset as u64 >= from {
+                return r.offset as u64;
+            }
+        }
+    }
+    // Compressed batches can't be looked into without decompression: answer the batch.
+    base.max(from)
+}
+
+/// Resets a segment's metadata and indexes before they are rebuilt from a scan.
+fn reset_segment(seg: &mut Segment) {
+    seg.index.clear();
+    seg.time_index.clear();
+    seg.size = 0;
+    seg.next_offset = seg.base_offset;
+    seg.max_timestamp = i64::MIN;
+    seg.max_timestamp_offset = seg.base_offset;
+    seg.bytes_since_index = 0;
+}
+
+/// Scans a segment from its start, rebuilding its indexes and cutting any invalid tail. Returns
+/// whether a tail was cut.
+async fn recover_segment(seg: &mut Segment, config: &LogConfig, stats: &mut RecoveryStats) -> Result<bool> {
+    let was_sealed = seg.sealed;
+    if was_sealed {
+        seg.reopen_indexes_for_append()?;
+    }
+    reset_segment(seg);
+    let file = seg.file.clone();
+    let path = seg.log_path.clone();
+    let interval = config.index_interval_bytes;
+    let (base, allocated) = (seg.base_offset, seg.allocated);
+    let end = scan_batches(&file, &path, 0, base, allocated, |meta, pos| {
+        seg.track_batch(meta, pos, interval);
+        ControlFlow::Continue(())
+    })
+    .await?;
+    stats.segments_scanned += 1;
+    stats.batches_scanned += end.batches;
+    let cut = end.invalid.is_some() && end.valid_upto < seg.allocated;
+    if let Some(why) = &end.invalid {
+        let garbage = seg.allocated - end.valid_upto;
+        // Preallocated zeros past the data are expected, not damage worth a warning.
+        tracing::info!(segment = %path.display(), position = end.valid_upto, bytes = garbage, reason = %why, "recovery cut the segment's tail");
+        stats.bytes_truncated += garbage;
+    }
+    // Cut the file to its valid prefix: stale batches past it must never be scanned back in.
+    file.truncate(end.valid_upto).await.ctx("truncating segment", &path)?;
+    file.fdatasync().await.ctx("fdatasync", &path)?;
+    seg.allocated = end.valid_upto;
+    if was_sealed {
+        seg.seal()?;
+    }
+    Ok(cut)
+}
+
+fn spawn_interval_flusher(log: Weak<Log>, every: Duration) {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(every).await;
+            let Some(log) = log.upgrade() else { break };
+            if log.st.borrow().closed {
+                break;
+            }
+            if let Err(e) = log.flush().await {
+                tracing::error!(dir = %log.dir.display(), error = %e, "interval flush failed");
+            }
+        }
+    })
+    .detach();
+}
+
+/// Lists segment base offsets, removing leftover temp files and orphan indexes, and refusing files
+/// the log does not know.
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut logs = Vec::new();
+    let mut indexes = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx("listing log directory", dir)? {
+        let entry = entry.ctx("listing log directory", dir)?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(StorageError::ForeignFile(path));
+        };
+        if name.ends_with(checkpoint::TMP_SUFFIX) {
+            std::fs::remove_file(&path).ctx("removing temp file", &path)?;
+            continue;
+        }
+        if Kind::ALL.iter().any(|k| k.file_name() == name) {
+            continue;
+        }
+        match segment::parse_file_name(name) {
+            Some((base, segment::LOG_SUFFIX)) if path.is_file() => logs.push(base),
+            Some((base, _)) if path.is_file() => indexes.push((base, path)),
+            _ => return Err(StorageError::ForeignFile(path)),
+        }
+    }
+    logs.sort_unstable();
+    for (base, path) in indexes {
+        if logs.binary_search(&base).is_err() {
+            std::fs::remove_file(&path).ctx("removing orphan index", &path)?;
+        }
+    }
+    Ok(logs)
+}
+
+fn remove_segment_files(dir: &Path, base: u64) -> Result<()> {
+    for suffix in [segment::LOG_SUFFIX, segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX] {
+        let path = segment::file_path(dir, base, suffix);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("removing segment file", path, e)),
+        }
+    }
+    Ok(())
+}
+
+fn read_u64(dir: &Path, kind: Kind) -> Result<Option<u64>> {
+    checkpoint::read(dir, kind)?
+        .map(|p| checkpoint::parse_u64(&dir.join(kind.file_name()), &p))
+        .transpose()
+}
+
+fn read_clean_shutdown(dir: &Path) -> Result<Option<CleanShutdown>> {
+    let Some(p) = checkpoint::read(dir, Kind::CleanShutdown)? else {
+        return Ok(None);
+    };
+    let word = |i: usize| p.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+    match (p.len(), word(0), word(1), word(2)) {
+        (24, Some(log_end), Some(active_base), Some(active_size)) => Ok(Some(CleanShutdown {
+            log_end,
+            active_base,
+            active_size,
+        })),
+        _ => Err(StorageError::CorruptCheckpoint {
+            path: dir.join(Kind::CleanShutdown.file_name()),
+            reason: "clean-shutdown payload is not 24 bytes",
+        }),
+    }
+}
+
+fn read_epochs(dir: &Path) -> Result<Vec<EpochEntry>> {
+    let Some(p) = checkpoint::read(dir, Kind::LeaderEpochs)? else {
+        return Ok(Vec::new());
+    };
+    let corrupt = || StorageError::CorruptCheckpoint {
+        path: dir.join(Kind::LeaderEpochs.file_name()),
+        reason: "leader-epoch payload length disagrees with its count",
+    };
+    let count = p.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(corrupt)? as usize;
+    if p.len() != 4 + count * 12 {
+        return Err(corrupt());
+    }
+    Ok(p[4..]
+        .chunks_exact(12)
+        .map(|c| EpochEntry {
+            epoch: i32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            start_offset: u64::from_be_bytes([c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]]),
+        })
+        .collect())
+}

@@ -1,0 +1,328 @@
+//! Functional tests of the partition log: appends and reads, roll, reopen, retention, truncation,
+//! timestamps, group commit.
+
+mod common;
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use mlog_storage::{FlushPolicy, Log, LogConfig, StorageError};
+use rand::SeedableRng;
+
+/// Reads every batch from `from` to the log end, checking each read returns whole batches that
+/// continue where the previous read stopped.
+async fn read_all(log: &Log, from: u64, max_bytes: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    let end = log.log_end_offset();
+    let mut reads = 0;
+    while offset < end {
+        reads += 1;
+        assert!(reads < 100_000, "read loop does not advance");
+        let r = log.read(offset, max_bytes).await.expect("read");
+        let batches = split_batches(&r.to_vec());
+        assert!(!batches.is_empty(), "no batch at {offset} below the end {end}");
+        let last = mlog_wire::RecordBatch::parse(&batches.last().unwrap().1).unwrap();
+        assert_eq!(r.next_offset, last.next_offset() as u64);
+        offset = r.next_offset;
+        out.extend(batches);
+    }
+    out
+}
+
+/// Appends `n` random batches, returning (base offset, stored bytes) of each.
+async fn append_random(log: &Log, rng: &mut rand::rngs::StdRng, n: usize, ts: i64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let b = random_batch(rng, ts + i as i64 * 10);
+        let info = log.append(bytes(&b)).await.expect("append");
+        out.push((info.base_offset, as_stored(&b, info.base_offset)));
+    }
+    out
+}
+
+#[test]
+fn append_then_read_back_byte_for_byte() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let written = append_random(&log, &mut rng, 300, 0).await;
+        // Offsets are contiguous.
+        for w in written.windows(2) {
+            let first = mlog_wire::RecordBatch::parse(&w[0].1).unwrap();
+            assert_eq!(first.next_offset() as u64, w[1].0);
+        }
+        assert!(log.segment_bases().len() > 3, "small segments roll");
+        for max_bytes in [1, 5000, 1 << 20] {
+            assert_eq!(read_all(&log, 0, max_bytes).await, written);
+        }
+        // Every batch start, and an offset in the middle of every batch, reads back from that batch.
+        for (i, (base, bytes)) in written.iter().enumerate() {
+            let last = mlog_wire::RecordBatch::parse(bytes).unwrap().last_offset() as u64;
+            for offset in [*base, last] {
+                let r = log.read(offset, 1).await.unwrap();
+                assert_eq!(r.to_vec(), written[i].1, "offset {offset}");
+            }
+        }
+        let end = log.log_end_offset();
+        assert!(log.read(end, 100).await.unwrap().is_empty());
+        assert!(matches!(log.read(end + 1, 100).await, Err(StorageError::OffsetOutOfRange { .. })));
+        // Flushed reads come from disk once the cache has moved on.
+        log.flush().await.unwrap();
+        assert_eq!(read_all(&log, 0, 1 << 20).await, written);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reopen_after_clean_close_needs_no_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let w = append_random(&log, &mut rng, 200, 0).await;
+        log.set_high_watermark(100);
+        log.close().await.unwrap();
+        assert!(matches!(log.append(bytes(&batch(1, 1, 1, 0))).await, Err(StorageError::Closed)));
+        w
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let stats = log.recovery_stats().clone();
+        assert!(stats.clean_shutdown);
+        assert_eq!(stats.segments_scanned, 0);
+        assert_eq!(stats.batches_scanned, 0);
+        assert_eq!(log.high_watermark(), 100);
+        assert_eq!(read_all(&log, 0, 1 << 16).await, written);
+        // Appends continue right after the last offset.
+        let end = log.log_end_offset();
+        let info = log.append(bytes(&batch(9, 3, 10, 0))).await.unwrap();
+        assert_eq!(info.base_offset, end);
+        // A crash now (no close) must not be mistaken for a clean stop.
+        log.flush().await.unwrap();
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert!(!log.recovery_stats().clean_shutdown);
+        assert!(log.recovery_stats().segments_scanned >= 1);
+        let all = read_all(&log, 0, 1 << 16).await;
+        assert_eq!(&all[..written.len()], &written[..]);
+        assert_eq!(all.len(), written.len() + 1);
+    });
+}
+
+#[test]
+fn unclean_reopen_scans_only_from_the_recovery_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let w = append_random(&log, &mut rng, 300, 0).await;
+        log.flush().await.unwrap();
+        w
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let stats = log.recovery_stats().clone();
+        assert!(!stats.clean_shutdown);
+        assert_eq!(stats.segments_scanned, 1, "only the active segment is past the recovery point");
+        assert!(log.segment_bases().len() > 3);
+        assert_eq!(read_all(&log, 0, 1 << 16).await, written);
+    });
+}
+
+#[test]
+fn retention_deletes_whole_segments_only() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_bytes: Some(200 << 10),
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let written = append_random(&log, &mut rng, 2000, 0).await;
+        let before = log.segment_bases();
+        let deleted = log.enforce_retention(SystemTime::UNIX_EPOCH).await.unwrap();
+        assert!(deleted > 0);
+        let after = log.segment_bases();
+        assert_eq!(&before[deleted..], &after[..], "the oldest segments went, whole");
+        assert!(log.size_bytes() >= 200 << 10, "never below the limit");
+        assert_eq!(log.log_start_offset(), after[0]);
+        assert!(matches!(log.read(0, 100).await, Err(StorageError::OffsetOutOfRange { .. })));
+        let start = log.log_start_offset();
+        let kept: Vec<_> = written.iter().filter(|(b, _)| *b >= start).cloned().collect();
+        assert_eq!(read_all(&log, start, 1 << 16).await, kept);
+
+        // Age: every sealed segment's newest record is older than a far-future cutoff; the active
+        // segment stays.
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(10 * 365 * 24 * 3600);
+        let log_aged = log;
+        log_aged.enforce_retention(far).await.unwrap();
+        assert!(!log_aged.segment_bases().is_empty());
+
+        // delete_before moves the start inside a segment; whole segments below go; it persists.
+        let target = log_aged.log_end_offset() - 1;
+        log_aged.delete_before(target).await.unwrap();
+        assert_eq!(log_aged.log_start_offset(), target);
+        assert_eq!(log_aged.segment_bases().len(), 1);
+        log_aged.close().await.unwrap();
+        let log = Log::open(dir.path(), config).await.unwrap();
+        assert_eq!(log.log_start_offset(), target);
+    });
+}
+
+#[test]
+fn truncate_suffix_then_append_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let written = append_random(&log, &mut rng, 400, 0).await;
+        log.append_with_epoch(bytes(&batch(1, 1, 1, 0)), 3).await.unwrap();
+        assert_eq!(log.leader_epochs().len(), 1);
+        // Cut in the middle of a batch: the whole batch goes.
+        let (cut_base, cut_bytes) = written[150].clone();
+        let cut_in = mlog_wire::RecordBatch::parse(&cut_bytes).unwrap().last_offset() as u64;
+        log.set_high_watermark(log.log_end_offset());
+        log.truncate_suffix(cut_in).await.unwrap();
+        assert_eq!(log.log_end_offset(), cut_base);
+        assert_eq!(log.high_watermark(), cut_base);
+        assert!(log.leader_epochs().is_empty(), "the epoch started past the cut");
+        let mut kept = written[..150].to_vec();
+        assert_eq!(read_all(&log, 0, 1 << 16).await, kept);
+        // Appends continue at the cut.
+        kept.extend(append_random(&log, &mut rng, 50, 0).await);
+        assert_eq!(kept[150].0, cut_base);
+        assert_eq!(read_all(&log, 0, 1 << 16).await, kept);
+        log.flush().await.unwrap();
+        kept
+    });
+    // Unclean reopen: the truncated bytes must not come back.
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(read_all(&log, 0, 1 << 16).await, kept);
+        // Truncating below the start empties the log and restarts it there.
+        log.truncate_suffix(0).await.unwrap();
+        assert_eq!(log.log_end_offset(), 0);
+        let info = log.append(bytes(&batch(7, 2, 5, 0))).await.unwrap();
+        assert_eq!(info.base_offset, 0);
+        log.close().await.unwrap();
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 2);
+        assert_eq!(log.segment_bases(), vec![0]);
+    });
+}
+
+#[test]
+fn offset_for_timestamp_matches_a_brute_force_model() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        // Mostly increasing timestamps with some going backwards, as real producers send them.
+        let mut records: Vec<(u64, i64)> = Vec::new();
+        let mut ts = 1_000i64;
+        for i in 0..400u64 {
+            ts += rand::Rng::gen_range(&mut rng, -30i64..100);
+            let b = batch(i, 3, 200, ts);
+            let info = log.append(bytes(&b)).await.unwrap();
+            for r in 0..3 {
+                records.push((info.base_offset + r, ts + r as i64));
+            }
+        }
+        let max_ts = records.iter().map(|r| r.1).max().unwrap();
+        for probe in (0..max_ts + 50).step_by(37).chain([i64::MIN, 0, max_ts, max_ts + 1]) {
+            let expected = records.iter().find(|r| r.1 >= probe).map(|r| r.0);
+            assert_eq!(log.offset_for_timestamp(probe).await.unwrap(), expected, "probe {probe}");
+        }
+        log.close().await.unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        for probe in (0..max_ts).step_by(101) {
+            let expected = records.iter().find(|r| r.1 >= probe).map(|r| r.0);
+            assert_eq!(log.offset_for_timestamp(probe).await.unwrap(), expected, "probe {probe}");
+        }
+    });
+}
+
+#[test]
+fn concurrent_appenders_share_syncs() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush: FlushPolicy::Always,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), config).await.unwrap();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|t| {
+                let log = Rc::clone(&log);
+                glommio::spawn_local(async move {
+                    let mut acked = Vec::new();
+                    for i in 0..10 {
+                        let b = batch(t * 1000 + i, 1, 100, 0);
+                        let info = log.append(bytes(&b)).await.unwrap();
+                        // Acknowledged means durable.
+                        assert!(log.flushed_offset() > info.last_offset);
+                        acked.push((info.base_offset, as_stored(&b, info.base_offset)));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await);
+        }
+        acked.sort();
+        assert_eq!(acked.len(), 640);
+        assert_eq!(read_all(&log, 0, 1 << 16).await, acked);
+        assert!(
+            log.sync_count() < 640,
+            "{} syncs for 640 appends: group commit did not group",
+            log.sync_count()
+        );
+    });
+}
+
+#[test]
+fn bad_batches_are_refused_and_nothing_is_stored() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let good = batch(1, 2, 10, 0);
+        let mut bad_crc = good.clone();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        assert!(matches!(log.append(bytes(&bad_crc)).await, Err(StorageError::InvalidBatch(_))));
+        assert!(log.append(bytes(&good[..good.len() - 1])).await.is_err());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(matches!(log.append(bytes(&trailing)).await, Err(StorageError::BatchLengthMismatch { .. })));
+        let huge = batch(2, 1, 40 << 10, 0);
+        assert!(matches!(log.append(bytes(&huge)).await, Err(StorageError::BatchTooLarge { .. })));
+        assert_eq!(log.log_end_offset(), 0);
+        assert_eq!(log.append(bytes(&good)).await.unwrap().base_offset, 0);
+    });
+}
+
+#[test]
+fn foreign_files_are_refused_and_temp_files_cleaned() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("recovery-point.ckpt.tmp"), b"torn").unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        log.close().await.unwrap();
+        assert!(!dir.path().join("recovery-point.ckpt.tmp").exists());
+        std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+        match Log::open(dir.path(), small_config()).await {
+            Err(StorageError::ForeignFile(p)) => assert!(p.ends_with("notes.txt")),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("opened a directory with a foreign file"),
+        }
+    });
+}
