@@ -111,7 +111,7 @@ impl Appender {
         buffer_bytes: usize,
     ) -> Result<Self> {
         let block = file.alignment().max(512);
-        if buffer_bytes as u64 % block != 0 {
+        if !(buffer_bytes as u64).is_multiple_of(block) {
             return Err(StorageError::InvalidConfig(
                 "write_buffer_bytes is not a multiple of the disk's DMA alignment",
             ));
@@ -227,7 +227,12 @@ impl Appender {
     }
 
     /// Waits for every submitted write, then `fdatasync`s. Returns the position now durable.
-    pub(crate) async fn sync_upto(file: &DmaFile, state: &WriteState, path: &std::path::Path, pos: u64) -> Result<u64> {
+    pub(crate) async fn sync_upto(
+        file: &DmaFile,
+        state: &WriteState,
+        path: &std::path::Path,
+        pos: u64,
+    ) -> Result<u64> {
         state.wait_written(pos).await?;
         if let Err(e) = file.fdatasync().await {
             let err = StorageError::glommio("fdatasync", path, e);

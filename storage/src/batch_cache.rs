@@ -91,7 +91,11 @@ impl BatchCache {
 
     /// Drops every batch that ends at or below `offset`.
     pub(crate) fn drop_before(&mut self, offset: u64) {
-        while self.entries.front().is_some_and(|b| b.next_offset <= offset) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|b| b.next_offset <= offset)
+        {
             if let Some(b) = self.entries.pop_front() {
                 self.bytes -= b.bytes.len();
             }

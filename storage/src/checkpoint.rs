@@ -167,7 +167,10 @@ mod tests {
     #[test]
     fn round_trip_and_every_damage_is_detected() {
         let bytes = encode(Kind::HighWatermark, &u64_payload(42));
-        assert_eq!(decode(Kind::HighWatermark, &bytes).unwrap(), &42u64.to_be_bytes());
+        assert_eq!(
+            decode(Kind::HighWatermark, &bytes).unwrap(),
+            &42u64.to_be_bytes()
+        );
         assert!(decode(Kind::RecoveryPoint, &bytes).is_err());
         for i in 0..bytes.len() * 8 {
             let mut b = bytes.clone();

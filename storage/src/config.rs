@@ -73,7 +73,9 @@ impl LogConfig {
     /// Checks the configuration for values the log cannot work with.
     pub fn validate(&self) -> Result<()> {
         let bad = |why| Err(StorageError::InvalidConfig(why));
-        if self.write_buffer_bytes < BLOCK_BYTES || self.write_buffer_bytes % BLOCK_BYTES != 0 {
+        if self.write_buffer_bytes < BLOCK_BYTES
+            || !self.write_buffer_bytes.is_multiple_of(BLOCK_BYTES)
+        {
             return bad("write_buffer_bytes must be a non-zero multiple of 4096");
         }
         if self.max_writes_in_flight == 0 {

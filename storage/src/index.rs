@@ -123,14 +123,19 @@ impl IndexFile {
         self.file.set_len(len).ctx("sizing index", &self.path)?;
         // SAFETY: the file is owned by this log's shard, which is the only writer; it is never
         // shrunk while this map exists (every resize drops the map first).
-        let map = unsafe { MmapOptions::new().map_mut(&self.file) }.ctx("mapping index", &self.path)?;
+        let map =
+            unsafe { MmapOptions::new().map_mut(&self.file) }.ctx("mapping index", &self.path)?;
         self.map = Map::ReadWrite(map);
         self.entries = self.entries.min(self.max_entries);
         Ok(())
     }
 
     fn map_read_only(&mut self) -> Result<()> {
-        let len = self.file.metadata().ctx("reading index size", &self.path)?.len() as usize;
+        let len = self
+            .file
+            .metadata()
+            .ctx("reading index size", &self.path)?
+            .len() as usize;
         self.entries = self.entries.min(len / self.entry_bytes);
         self.map = if len == 0 {
             Map::None
@@ -157,7 +162,9 @@ impl IndexFile {
 
     /// A handle for `fsync` on another thread (syncs pages written through the map, too).
     fn sync_handle(&self) -> Result<File> {
-        self.file.try_clone().ctx("cloning index handle", &self.path)
+        self.file
+            .try_clone()
+            .ctx("cloning index handle", &self.path)
     }
 }
 
@@ -222,12 +229,16 @@ impl OffsetIndex {
 
     /// Position of the last entry (0 when empty).
     pub fn last_position(&self) -> u64 {
-        self.len().checked_sub(1).map_or(0, |i| self.get(i).position as u64)
+        self.len()
+            .checked_sub(1)
+            .map_or(0, |i| self.get(i).position as u64)
     }
 
     /// Appends an entry; false when full.
     pub fn push(&mut self, e: OffsetEntry) -> bool {
-        debug_assert!(self.is_empty() || self.get(self.len() - 1).relative_offset < e.relative_offset);
+        debug_assert!(
+            self.is_empty() || self.get(self.len() - 1).relative_offset < e.relative_offset
+        );
         let mut b = [0u8; OFFSET_ENTRY_BYTES];
         b[0..4].copy_from_slice(&e.relative_offset.to_be_bytes());
         b[4..8].copy_from_slice(&e.position.to_be_bytes());
@@ -261,7 +272,9 @@ impl OffsetIndex {
             let e = self.get(i);
             let ok = (e.position as u64) < segment_bytes.max(1)
                 && (e.relative_offset as u64) < offsets_in_segment.max(1)
-                && prev.is_none_or(|p| p.relative_offset < e.relative_offset && p.position < e.position);
+                && prev.is_none_or(|p| {
+                    p.relative_offset < e.relative_offset && p.position < e.position
+                });
             prev = Some(e);
             ok
         })
@@ -360,7 +373,9 @@ impl TimeIndex {
         (0..self.len()).all(|i| {
             let e = self.get(i);
             let ok = (e.relative_offset as u64) < offsets_in_segment.max(1)
-                && prev.is_none_or(|p| p.timestamp < e.timestamp && p.relative_offset <= e.relative_offset);
+                && prev.is_none_or(|p| {
+                    p.timestamp < e.timestamp && p.relative_offset <= e.relative_offset
+                });
             prev = Some(e);
             ok
         })
@@ -393,10 +408,16 @@ mod tests {
         let path = dir.path().join("0.index");
         let mut idx = OffsetIndex::open(&path, 64, true).unwrap();
         for i in 0..8u32 {
-            assert!(idx.push(OffsetEntry { relative_offset: i * 10, position: i * 100 }));
+            assert!(idx.push(OffsetEntry {
+                relative_offset: i * 10,
+                position: i * 100
+            }));
         }
         assert!(idx.is_full());
-        assert!(!idx.push(OffsetEntry { relative_offset: 100, position: 1000 }));
+        assert!(!idx.push(OffsetEntry {
+            relative_offset: 100,
+            position: 1000
+        }));
         assert_eq!(idx.lookup(0).unwrap().position, 0);
         assert_eq!(idx.lookup(25).unwrap().position, 200);
         assert_eq!(idx.lookup(1000).unwrap().position, 700);
@@ -415,9 +436,18 @@ mod tests {
     fn time_index_only_keeps_increasing_timestamps() {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = TimeIndex::open(&dir.path().join("0.timeindex"), 64, true).unwrap();
-        assert!(idx.push(TimeEntry { timestamp: 100, relative_offset: 0 }));
-        assert!(idx.push(TimeEntry { timestamp: 90, relative_offset: 5 }));
-        assert!(idx.push(TimeEntry { timestamp: 200, relative_offset: 9 }));
+        assert!(idx.push(TimeEntry {
+            timestamp: 100,
+            relative_offset: 0
+        }));
+        assert!(idx.push(TimeEntry {
+            timestamp: 90,
+            relative_offset: 5
+        }));
+        assert!(idx.push(TimeEntry {
+            timestamp: 200,
+            relative_offset: 9
+        }));
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.last_below(100), None);
         assert_eq!(idx.last_below(101).unwrap().relative_offset, 0);

@@ -14,6 +14,7 @@
 //! * `batch_cache`: recent batches in memory, including every batch not yet on disk;
 //! * `recovery`: batch-by-batch validation scans;
 //! * `checkpoint`: atomic small state files;
+//! * [`dma_probe`]: works around glommio's poll-ring probe on empty files;
 //! * [`log`]: the partition log tying them together (append, read, flush, roll, retention,
 //!   truncation, recovery on open).
 //!
@@ -27,6 +28,7 @@ mod appender;
 mod batch_cache;
 mod checkpoint;
 pub mod config;
+pub mod dma_probe;
 pub mod error;
 pub mod index;
 pub mod log;

@@ -134,11 +134,17 @@ struct State {
 
 impl State {
     fn active(&self) -> &Segment {
-        self.segments.values().next_back().expect("a log always has an active segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.values_mut().next_back().expect("a log always has an active segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -187,6 +193,7 @@ impl Log {
         config.validate()?;
         let dir = dir.into();
         std::fs::create_dir_all(&dir).ctx("creating log directory", &dir)?;
+        crate::dma_probe::ensure_probed(&dir).await?;
         let bases = list_segments(&dir)?;
         let clean = read_clean_shutdown(&dir)?;
         let recovery_point = read_u64(&dir, Kind::RecoveryPoint)?.unwrap_or(0);
@@ -198,7 +205,11 @@ impl Log {
             clean_shutdown: clean.is_some(),
             ..RecoveryStats::default()
         };
-        let bases = if bases.is_empty() { vec![log_start] } else { bases };
+        let bases = if bases.is_empty() {
+            vec![log_start]
+        } else {
+            bases
+        };
         let mut segments = BTreeMap::new();
         let mut expected_next: Option<u64> = None;
         for (i, &base) in bases.iter().enumerate() {
@@ -213,7 +224,9 @@ impl Log {
             }
             let is_last = next_base.is_none();
             let mut seg = Segment::open(&dir, base, config.index_max_bytes, is_last).await?;
-            let clean_here = clean.as_ref().filter(|c| !is_last || (c.active_base == base && c.active_size == seg.allocated));
+            let clean_here = clean
+                .as_ref()
+                .filter(|c| !is_last || (c.active_base == base && c.active_size == seg.allocated));
             let trusted = clean_here.is_some() || next_base.is_some_and(|nb| nb <= recovery_point);
             let mut needs_scan = !trusted;
             if trusted {
@@ -250,7 +263,10 @@ impl Log {
             segments.insert(base, seg);
         }
         // The last surviving segment becomes the active one.
-        let (&active_base, active) = segments.iter_mut().next_back().expect("at least one segment");
+        let (&active_base, active) = segments
+            .iter_mut()
+            .next_back()
+            .expect("at least one segment");
         if active.sealed {
             active.reopen_indexes_for_append()?;
         }
@@ -263,7 +279,11 @@ impl Log {
         .await?;
         // Recovered bytes may sit in the device's volatile cache after a crash: make them durable
         // before anything is acknowledged on top of them.
-        active.file.fdatasync().await.ctx("fdatasync", &active.log_path)?;
+        active
+            .file
+            .fdatasync()
+            .await
+            .ctx("fdatasync", &active.log_path)?;
         active.appender = Some(appender);
         let log_end = active.next_offset;
         let first_base = *segments.keys().next().expect("at least one segment");
@@ -272,7 +292,11 @@ impl Log {
         if clean.is_some() {
             checkpoint::remove(&dir, Kind::CleanShutdown)?;
         }
-        checkpoint::write(&dir, Kind::RecoveryPoint, &checkpoint::u64_payload(active_base))?;
+        checkpoint::write(
+            &dir,
+            Kind::RecoveryPoint,
+            &checkpoint::u64_payload(active_base),
+        )?;
         checkpoint::sync_dir(&dir)?;
 
         let log = Rc::new(Log {
@@ -311,11 +335,19 @@ impl Log {
 
     /// Like `append`, stamping `leader_epoch`; a newer epoch starts a new leader-epoch history entry
     /// at this batch's base offset (checkpointed before the append). Older epochs are refused.
-    pub async fn append_with_epoch(&self, batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
+    pub async fn append_with_epoch(
+        &self,
+        batch: BytesMut,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo> {
         self.append_inner(batch, Some(leader_epoch)).await
     }
 
-    async fn append_inner(&self, mut batch: BytesMut, leader_epoch: Option<i32>) -> Result<AppendInfo> {
+    async fn append_inner(
+        &self,
+        mut batch: BytesMut,
+        leader_epoch: Option<i32>,
+    ) -> Result<AppendInfo> {
         let len = batch.len();
         if len > self.config.max_batch_bytes {
             return Err(StorageError::BatchTooLarge {
@@ -330,12 +362,17 @@ impl Log {
                 actual: len,
             });
         }
-        let _permit = self.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         self.st.borrow().check_writable()?;
         if let Some(epoch) = leader_epoch {
             self.record_epoch(epoch).await?;
         }
-        self.roll_if_needed(len as u64, header.last_offset_delta as u64).await?;
+        self.roll_if_needed(len as u64, header.last_offset_delta as u64)
+            .await?;
         self.preallocate_for(len as u64).await?;
 
         let (info, write_state) = {
@@ -355,7 +392,10 @@ impl Log {
             let interval = self.config.index_interval_bytes;
             let active = st.active_mut();
             let position = active.size;
-            let appender = active.appender.as_mut().expect("the active segment has an appender");
+            let appender = active
+                .appender
+                .as_mut()
+                .expect("the active segment has an appender");
             appender.check()?;
             appender.append(&batch);
             let write_state = appender.state().clone();
@@ -378,7 +418,9 @@ impl Log {
             (info, write_state)
         };
         // Back-pressure: the next appender waits (behind the lock) until the disk caught up.
-        write_state.wait_room(self.config.max_writes_in_flight).await?;
+        write_state
+            .wait_room(self.config.max_writes_in_flight)
+            .await?;
         drop(_permit);
         if self.config.flush == FlushPolicy::Always {
             self.flush_upto(info.last_offset + 1).await?;
@@ -400,7 +442,10 @@ impl Log {
                 }
                 _ => {}
             }
-            st.epochs.push(EpochEntry { epoch, start_offset });
+            st.epochs.push(EpochEntry {
+                epoch,
+                start_offset,
+            });
             st.epochs.clone()
         };
         self.write_epochs(entries).await
@@ -414,7 +459,9 @@ impl Log {
                 .config
                 .segment_ms
                 .is_some_and(|age| active.created.elapsed() >= age);
-            active.size > 0 && (too_old || !active.fits(len, st.log_end + last_delta, self.config.segment_bytes))
+            active.size > 0
+                && (too_old
+                    || !active.fits(len, st.log_end + last_delta, self.config.segment_bytes))
         };
         if roll {
             self.roll().await?;
@@ -427,8 +474,13 @@ impl Log {
         let new_base = self.st.borrow().log_end;
         let mut seg = Segment::open(&self.dir, new_base, self.config.index_max_bytes, true).await?;
         seg.appender = Some(
-            Appender::new(seg.file.clone(), seg.log_path.clone(), 0, self.config.write_buffer_bytes)
-                .await?,
+            Appender::new(
+                seg.file.clone(),
+                seg.log_path.clone(),
+                0,
+                self.config.write_buffer_bytes,
+            )
+            .await?,
         );
         {
             let mut st = self.st.borrow_mut();
@@ -457,7 +509,9 @@ impl Log {
             })
         };
         if let Some((file, path, target)) = job {
-            file.pre_allocate(target, false).await.ctx("preallocating segment", &path)?;
+            file.pre_allocate(target, false)
+                .await
+                .ctx("preallocating segment", &path)?;
             self.st.borrow_mut().active_mut().allocated = target;
         }
         Ok(())
@@ -475,7 +529,11 @@ impl Log {
         if self.st.borrow().flushed >= target {
             return Ok(());
         }
-        let _permit = self.flush_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _permit = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         if self.st.borrow().flushed >= target {
             return Ok(()); // the sync we queued behind covered us
         }
@@ -506,25 +564,27 @@ impl Log {
             (end, jobs)
         };
         let outcome = self.run_sync_jobs(&jobs).await;
-        let mut st = self.st.borrow_mut();
-        match outcome {
-            Ok(sealed_synced) => {
-                st.flushed = st.flushed.max(end);
-                st.syncs += 1;
-                if sealed_synced {
+        let new_recovery_point = {
+            let mut st = self.st.borrow_mut();
+            match outcome {
+                Ok(sealed_synced) => {
+                    st.flushed = st.flushed.max(end);
+                    st.syncs += 1;
                     let rp = st.active().base_offset;
-                    if rp != st.recovery_point {
+                    (sealed_synced && rp != st.recovery_point).then(|| {
                         st.recovery_point = rp;
-                        drop(st);
-                        return self.write_u64(Kind::RecoveryPoint, rp).await;
-                    }
+                        rp
+                    })
                 }
-                Ok(())
+                Err(e) => {
+                    st.failed.get_or_insert_with(|| e.to_string());
+                    return Err(e);
+                }
             }
-            Err(e) => {
-                st.failed.get_or_insert_with(|| e.to_string());
-                Err(e)
-            }
+        };
+        match new_recovery_point {
+            Some(rp) => self.write_u64(Kind::RecoveryPoint, rp).await,
+            None => Ok(()),
         }
     }
 
@@ -535,12 +595,17 @@ impl Log {
         for job in jobs {
             if job.sealed {
                 job.state.wait_written(job.position).await?;
-                job.file.truncate(job.size).await.ctx("trimming segment", &job.path)?;
+                job.file
+                    .truncate(job.size)
+                    .await
+                    .ctx("trimming segment", &job.path)?;
                 Appender::sync_upto(&job.file, &job.state, &job.path, job.position).await?;
                 let handles = {
                     let st = self.st.borrow();
                     match st.segments.get(&job.base) {
-                        Some(seg) => Some((seg.index.sync_handle()?, seg.time_index.sync_handle()?)),
+                        Some(seg) => {
+                            Some((seg.index.sync_handle()?, seg.time_index.sync_handle()?))
+                        }
                         None => None,
                     }
                 };
@@ -548,7 +613,10 @@ impl Log {
                     let path = job.path.clone();
                     glommio::executor()
                         .spawn_blocking(move || {
-                            index.sync_all().and_then(|_| time_index.sync_all()).ctx("syncing index", &path)
+                            index
+                                .sync_all()
+                                .and_then(|_| time_index.sync_all())
+                                .ctx("syncing index", &path)
                         })
                         .await?;
                 }
@@ -611,7 +679,8 @@ impl Log {
                 limit: seg.readable_upto(),
             }
         };
-        plan.run(offset, max_bytes, self.config.index_interval_bytes as usize).await
+        plan.run(offset, max_bytes, self.config.index_interval_bytes as usize)
+            .await
     }
 
     /// The earliest offset whose record timestamp is `>= timestamp`, or `None` if every record is
@@ -621,12 +690,16 @@ impl Log {
             let st = self.st.borrow();
             st.segments
                 .values()
-                .find(|s| s.size > 0 && s.next_offset > st.log_start && s.max_timestamp >= timestamp)
+                .find(|s| {
+                    s.size > 0 && s.next_offset > st.log_start && s.max_timestamp >= timestamp
+                })
                 .map(|s| {
                     let from = s
                         .time_index
                         .last_below(timestamp)
-                        .map_or(s.base_offset, |e| s.base_offset + e.relative_offset as u64 + 1);
+                        .map_or(s.base_offset, |e| {
+                            s.base_offset + e.relative_offset as u64 + 1
+                        });
                     (from.max(st.log_start), s.next_offset)
                 })
         };
@@ -658,7 +731,11 @@ impl Log {
     /// goes, so the new log end may be below `offset`). Durable when it returns. Truncating at or
     /// below the log start empties the log and restarts it at `offset`.
     pub async fn truncate_suffix(&self, offset: u64) -> Result<()> {
-        let _permit = self.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         self.st.borrow().check_writable()?;
         // Every write must have landed before bytes are cut from under it.
         self.flush().await?;
@@ -675,8 +752,17 @@ impl Log {
         // Drop whole segments past the cut.
         let doomed: Vec<u64> = {
             let mut st = self.st.borrow_mut();
-            let keep_base = *st.segments.range(..=offset).next_back().map(|(b, _)| b).unwrap_or(&0);
-            let doomed: Vec<u64> = st.segments.range(keep_base + 1..).map(|(b, _)| *b).collect();
+            let keep_base = *st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map(|(b, _)| b)
+                .unwrap_or(&0);
+            let doomed: Vec<u64> = st
+                .segments
+                .range(keep_base + 1..)
+                .map(|(b, _)| *b)
+                .collect();
             for b in &doomed {
                 st.segments.remove(b);
             }
@@ -689,7 +775,12 @@ impl Log {
         let (file, path, base, from) = {
             let st = self.st.borrow();
             let seg = st.active();
-            (seg.file.clone(), seg.log_path.clone(), seg.base_offset, seg.scan_start(offset))
+            (
+                seg.file.clone(),
+                seg.log_path.clone(),
+                seg.base_offset,
+                seg.scan_start(offset),
+            )
         };
         let from_offset = self.offset_at_position(base, from).await?;
         let limit = self.st.borrow().active().size;
@@ -704,7 +795,9 @@ impl Log {
         })
         .await?;
         let (cut_position, new_end) = cut;
-        file.truncate(cut_position).await.ctx("truncating segment", &path)?;
+        file.truncate(cut_position)
+            .await
+            .ctx("truncating segment", &path)?;
         file.fdatasync().await.ctx("fdatasync", &path)?;
         // Rebuild the segment's metadata and indexes from what is left.
         let mut rebuilt = Vec::new();
@@ -713,8 +806,9 @@ impl Log {
             ControlFlow::Continue(())
         })
         .await?;
-        let appender = Appender::new(file, path, cut_position, self.config.write_buffer_bytes).await?;
-        let epochs = {
+        let appender =
+            Appender::new(file, path, cut_position, self.config.write_buffer_bytes).await?;
+        let (epochs, recovery_point) = {
             let mut st = self.st.borrow_mut();
             let interval = self.config.index_interval_bytes;
             let seg = st.active_mut();
@@ -733,10 +827,10 @@ impl Log {
             st.cache.truncate_from(new_end);
             st.epochs.retain(|e| e.start_offset < new_end);
             st.recovery_point = st.recovery_point.min(base);
-            st.epochs.clone()
+            (st.epochs.clone(), st.recovery_point)
         };
         checkpoint::sync_dir(&self.dir)?;
-        self.write_u64(Kind::RecoveryPoint, base.min(self.st.borrow().recovery_point)).await?;
+        self.write_u64(Kind::RecoveryPoint, recovery_point).await?;
         self.write_epochs(epochs).await
     }
 
@@ -750,7 +844,10 @@ impl Log {
             let seg = st.active();
             (seg.file.clone(), seg.log_path.clone())
         };
-        let head = file.read_at(position, HEADER_LEN).await.ctx("reading segment", &path)?;
+        let head = file
+            .read_at(position, HEADER_LEN)
+            .await
+            .ctx("reading segment", &path)?;
         let h = BatchHeader::parse(&head).map_err(|e| StorageError::Corrupt {
             path,
             position,
@@ -765,14 +862,22 @@ impl Log {
         let mut seg = Segment::open(&self.dir, offset, self.config.index_max_bytes, true).await?;
         if doomed.contains(&offset) {
             // Reusing the name: start from an empty file.
-            seg.file.truncate(0).await.ctx("truncating segment", &seg.log_path)?;
+            seg.file
+                .truncate(0)
+                .await
+                .ctx("truncating segment", &seg.log_path)?;
             seg.index.clear();
             seg.time_index.clear();
             seg.allocated = 0;
         }
         seg.appender = Some(
-            Appender::new(seg.file.clone(), seg.log_path.clone(), 0, self.config.write_buffer_bytes)
-                .await?,
+            Appender::new(
+                seg.file.clone(),
+                seg.log_path.clone(),
+                0,
+                self.config.write_buffer_bytes,
+            )
+            .await?,
         );
         {
             let mut st = self.st.borrow_mut();
@@ -808,7 +913,9 @@ impl Log {
     /// Applies `retention_bytes` and `retention_ms` (measured against `now`), deleting whole sealed
     /// segments from the oldest. Returns the number deleted.
     pub async fn enforce_retention(&self, now: SystemTime) -> Result<usize> {
-        let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let (by_size, by_age) = {
             let st = self.st.borrow();
             let mut excess = self
@@ -838,9 +945,14 @@ impl Log {
         }
         let new_start = {
             let st = self.st.borrow();
-            st.segments.values().nth(n).map_or(st.log_end, |s| s.base_offset)
+            let next_base = st
+                .segments
+                .values()
+                .nth(n)
+                .map_or(st.log_end, |s| s.base_offset);
+            next_base.max(st.log_start)
         };
-        self.delete_segments(new_start.max(self.st.borrow().log_start)).await
+        self.delete_segments(new_start).await
     }
 
     async fn delete_segments(&self, new_start: u64) -> Result<usize> {
@@ -874,7 +986,11 @@ impl Log {
     /// Flushes, trims the active segment, writes every checkpoint and marks the stop as clean, so the
     /// next open needs no scan. Further calls fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
-        let _permit = self.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         self.st.borrow().check_writable()?;
         self.flush().await?;
         let (file, path, size, clean, hw, start, epochs) = {
@@ -892,7 +1008,15 @@ impl Log {
                 active_base: active.base_offset,
                 active_size: active.size,
             };
-            (active.file.clone(), active.log_path.clone(), active.size, clean, hw, start, epochs)
+            (
+                active.file.clone(),
+                active.log_path.clone(),
+                active.size,
+                clean,
+                hw,
+                start,
+                epochs,
+            )
         };
         file.truncate(size).await.ctx("trimming segment", &path)?;
         file.fdatasync().await.ctx("fdatasync", &path)?;
@@ -920,7 +1044,8 @@ impl Log {
     }
 
     async fn write_u64(&self, kind: Kind, v: u64) -> Result<()> {
-        self.write_checkpoint(kind, checkpoint::u64_payload(v).to_vec()).await
+        self.write_checkpoint(kind, checkpoint::u64_payload(v).to_vec())
+            .await
     }
 
     async fn write_epochs(&self, epochs: Vec<EpochEntry>) -> Result<()> {
@@ -1035,9 +1160,15 @@ impl DiskRead {
         loop {
             let want = (self.limit.saturating_sub(position)).min(window as u64) as usize;
             if want < HEADER_LEN {
-                return Err(self.corrupt(position, "offset not found before the end of the segment"));
+                return Err(
+                    self.corrupt(position, "offset not found before the end of the segment")
+                );
             }
-            let data = self.file.read_at(position, want).await.ctx("reading segment", &self.path)?;
+            let data = self
+                .file
+                .read_at(position, want)
+                .await
+                .ctx("reading segment", &self.path)?;
             // Skip batches below `offset`.
             let mut p = 0usize;
             let mut first = None;
@@ -1050,7 +1181,9 @@ impl DiskRead {
             }
             let Some(h) = first else {
                 if p == 0 {
-                    return Err(self.corrupt(position, "batch header does not fit the readable range"));
+                    return Err(
+                        self.corrupt(position, "batch header does not fit the readable range")
+                    );
                 }
                 position += p as u64;
                 continue;
@@ -1058,7 +1191,11 @@ impl DiskRead {
             if p + h.total_len() > data.len() {
                 // The first batch is only partly in the window: read it whole.
                 let start = position + p as u64;
-                let data = self.file.read_at(start, h.total_len()).await.ctx("reading segment", &self.path)?;
+                let data = self
+                    .file
+                    .read_at(start, h.total_len())
+                    .await
+                    .ctx("reading segment", &self.path)?;
                 if data.len() < h.total_len() {
                     return Err(self.corrupt(start, "batch runs past the readable range"));
                 }
@@ -1132,7 +1269,11 @@ fn reset_segment(seg: &mut Segment) {
 
 /// Scans a segment from its start, rebuilding its indexes and cutting any invalid tail. Returns
 /// whether a tail was cut.
-async fn recover_segment(seg: &mut Segment, config: &LogConfig, stats: &mut RecoveryStats) -> Result<bool> {
+async fn recover_segment(
+    seg: &mut Segment,
+    config: &LogConfig,
+    stats: &mut RecoveryStats,
+) -> Result<bool> {
     let was_sealed = seg.sealed;
     if was_sealed {
         seg.reopen_indexes_for_append()?;
@@ -1157,7 +1298,9 @@ async fn recover_segment(seg: &mut Segment, config: &LogConfig, stats: &mut Reco
         stats.bytes_truncated += garbage;
     }
     // Cut the file to its valid prefix: stale batches past it must never be scanned back in.
-    file.truncate(end.valid_upto).await.ctx("truncating segment", &path)?;
+    file.truncate(end.valid_upto)
+        .await
+        .ctx("truncating segment", &path)?;
     file.fdatasync().await.ctx("fdatasync", &path)?;
     seg.allocated = end.valid_upto;
     if was_sealed {
@@ -1217,7 +1360,11 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
 }
 
 fn remove_segment_files(dir: &Path, base: u64) -> Result<()> {
-    for suffix in [segment::LOG_SUFFIX, segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX] {
+    for suffix in [
+        segment::LOG_SUFFIX,
+        segment::INDEX_SUFFIX,
+        segment::TIME_INDEX_SUFFIX,
+    ] {
         let path = segment::file_path(dir, base, suffix);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -1238,7 +1385,11 @@ fn read_clean_shutdown(dir: &Path) -> Result<Option<CleanShutdown>> {
     let Some(p) = checkpoint::read(dir, Kind::CleanShutdown)? else {
         return Ok(None);
     };
-    let word = |i: usize| p.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+    let word = |i: usize| {
+        p.get(i * 8..i * 8 + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
     match (p.len(), word(0), word(1), word(2)) {
         (24, Some(log_end), Some(active_base), Some(active_size)) => Ok(Some(CleanShutdown {
             log_end,
@@ -1260,7 +1411,10 @@ fn read_epochs(dir: &Path) -> Result<Vec<EpochEntry>> {
         path: dir.join(Kind::LeaderEpochs.file_name()),
         reason: "leader-epoch payload length disagrees with its count",
     };
-    let count = p.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(corrupt)? as usize;
+    let count = p
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(corrupt)? as usize;
     if p.len() != 4 + count * 12 {
         return Err(corrupt());
     }

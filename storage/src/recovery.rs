@@ -47,18 +47,27 @@ pub(crate) async fn scan_batches(
             break None;
         }
         if limit - position < LOG_OVERHEAD as u64 {
-            break Some(format!("{} trailing bytes, shorter than a batch header", limit - position));
+            break Some(format!(
+                "{} trailing bytes, shorter than a batch header",
+                limit - position
+            ));
         }
-        let head = window.get(file, path, align, position, LOG_OVERHEAD, limit).await?;
+        let head = window
+            .get(file, path, align, position, LOG_OVERHEAD, limit)
+            .await?;
         let total = match peek_total_len(head) {
             Ok(Some(total)) => total as u64,
             Ok(None) => break Some("truncated batch header".into()),
             Err(e) => break Some(e.to_string()),
         };
         if total > limit - position {
-            break Some(format!("batch of {total} bytes runs past the end ({limit})"));
+            break Some(format!(
+                "batch of {total} bytes runs past the end ({limit})"
+            ));
         }
-        let bytes = window.get(file, path, align, position, total as usize, limit).await?;
+        let bytes = window
+            .get(file, path, align, position, total as usize, limit)
+            .await?;
         let batch = match RecordBatch::parse_header_and_crc(bytes) {
             Ok(b) => b,
             Err(e) => break Some(e.to_string()),

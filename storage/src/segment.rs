@@ -77,7 +77,12 @@ impl Segment {
     /// Opens (creating if needed) the files of the segment at `base_offset`. The log file's current
     /// length is returned in `allocated`; `size` starts at 0 and is set by the caller (from a scan or
     /// a clean-shutdown record).
-    pub(crate) async fn open(dir: &Path, base_offset: u64, index_max_bytes: u32, writable: bool) -> Result<Segment> {
+    pub(crate) async fn open(
+        dir: &Path,
+        base_offset: u64,
+        index_max_bytes: u32,
+        writable: bool,
+    ) -> Result<Segment> {
         let log_path = file_path(dir, base_offset, LOG_SUFFIX);
         let index_path = file_path(dir, base_offset, INDEX_SUFFIX);
         let time_index_path = file_path(dir, base_offset, TIME_INDEX_SUFFIX);
@@ -88,7 +93,10 @@ impl Segment {
             .dma_open(&log_path)
             .await
             .ctx("opening segment", &log_path)?;
-        let allocated = file.file_size().await.ctx("reading segment size", &log_path)?;
+        let allocated = file
+            .file_size()
+            .await
+            .ctx("reading segment size", &log_path)?;
         let indexes_missing = !index_path.exists() || !time_index_path.exists();
         let index = OffsetIndex::open(&index_path, index_max_bytes, writable)?;
         let time_index = TimeIndex::open(&time_index_path, index_max_bytes, writable)?;
@@ -126,7 +134,12 @@ impl Segment {
     }
 
     /// Records a batch appended (or found by recovery) at `position` in the indexes and metadata.
-    pub(crate) fn track_batch(&mut self, meta: BatchMeta, position: u64, index_interval_bytes: u32) {
+    pub(crate) fn track_batch(
+        &mut self,
+        meta: BatchMeta,
+        position: u64,
+        index_interval_bytes: u32,
+    ) {
         debug_assert_eq!(meta.base_offset, self.next_offset);
         if meta.max_timestamp > self.max_timestamp || self.size == 0 {
             self.max_timestamp = meta.max_timestamp;

@@ -68,14 +68,24 @@ fn crash_and_recover(seed: u64, n: usize, flushed: usize, damage: Damage, multi_
             let info = log.append(bytes(&b)).await.unwrap();
             written.push((info.base_offset, as_stored(&b, info.base_offset)));
         }
-        let flushed_end = if flushed >= n { log.flush().await.unwrap() } else { log.flushed_offset() };
+        let flushed_end = if flushed >= n {
+            log.flush().await.unwrap()
+        } else {
+            log.flushed_offset()
+        };
         // Let the unflushed writes land too, so the damage hits real bytes; then crash (no close).
         log.flush().await.unwrap();
         (written, flushed_end)
     });
     // Positions of the batches in the active (last) segment.
     let active = segment_log_file(dir.path());
-    let active_base: u64 = active.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let active_base: u64 = active
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut pos = 0u64;
     let mut in_active = Vec::new(); // (index in `written`, position)
     for (i, (base, b)) in written.iter().enumerate() {
@@ -91,14 +101,21 @@ fn crash_and_recover(seed: u64, n: usize, flushed: usize, damage: Damage, multi_
         .map_or(data_end, |(_, p)| *p);
     let span = data_end - flushed_pos;
     let mut expected = written.clone();
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&active).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&active)
+        .unwrap();
     match damage {
         Damage::Truncate(f) => {
             let cut = flushed_pos + (span as f64 * f) as u64;
             file.set_len(cut).unwrap();
             expected.retain(|(base, b)| {
                 *base < active_base || {
-                    let (_, p) = in_active.iter().find(|(i, _)| written[*i].0 == *base).unwrap();
+                    let (_, p) = in_active
+                        .iter()
+                        .find(|(i, _)| written[*i].0 == *base)
+                        .unwrap();
                     p + b.len() as u64 <= cut
                 }
             });
@@ -127,7 +144,10 @@ fn crash_and_recover(seed: u64, n: usize, flushed: usize, damage: Damage, multi_
         let log = Log::open(dir.path(), config.clone()).await.unwrap();
         let recovered = read_all(&log).await;
         assert_eq!(recovered.len(), expected.len(), "recovered batch count");
-        assert_eq!(recovered, expected, "recovered exactly the longest valid prefix");
+        assert_eq!(
+            recovered, expected,
+            "recovered exactly the longest valid prefix"
+        );
         // Every flushed batch survived.
         assert!(log.log_end_offset() >= flushed_end);
         // Appends continue right after the prefix, and survive another crash.
@@ -214,7 +234,12 @@ fn missing_or_corrupt_indexes_are_rebuilt() {
 const CHILD_ENV: &str = "MLOG_CRASH_CHILD_DIR";
 
 fn child_batch(task: u64, seq: u64) -> Vec<u8> {
-    batch(task << 32 | seq, 1 + (seq % 5) as usize, 64 + (seq * 37 % 900) as usize, seq as i64)
+    batch(
+        task << 32 | seq,
+        1 + (seq % 5) as usize,
+        64 + (seq * 37 % 900) as usize,
+        seq as i64,
+    )
 }
 
 /// The child: appends with flush=always from several tasks and prints `offset task seq` for every
@@ -222,7 +247,9 @@ fn child_batch(task: u64, seq: u64) -> Vec<u8> {
 #[test]
 #[ignore = "run as a child process by kill_9_never_loses_acknowledged_batches"]
 fn crash_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let round: u64 = std::env::var("MLOG_CRASH_ROUND").unwrap().parse().unwrap();
     run(|| async move {
         let config = LogConfig {
@@ -255,7 +282,13 @@ fn kill_9_never_loses_acknowledged_batches() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     for round in 0..6u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_child_writer", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .env("MLOG_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())
@@ -281,7 +314,10 @@ fn kill_9_never_loses_acknowledged_batches() {
         child.kill().unwrap();
         child.wait().unwrap();
         let got = lines.join().unwrap();
-        assert!(!got.is_empty() || round > 0, "the child acknowledged nothing");
+        assert!(
+            !got.is_empty() || round > 0,
+            "the child acknowledged nothing"
+        );
         acked.extend(got);
         // Every acknowledged batch is present and intact, and offsets are contiguous.
         let acked_now = acked.clone();
@@ -295,9 +331,17 @@ fn kill_9_never_loses_acknowledged_batches() {
             }
             for (offset, task, seq) in &acked_now {
                 let r = log.read(*offset, 1).await.unwrap();
-                assert_eq!(r.to_vec(), as_stored(&child_batch(*task, *seq), *offset), "acked batch at {offset}");
+                assert_eq!(
+                    r.to_vec(),
+                    as_stored(&child_batch(*task, *seq), *offset),
+                    "acked batch at {offset}"
+                );
             }
         });
     }
-    assert!(acked.len() > 20, "only {} batches acknowledged in all rounds", acked.len());
+    assert!(
+        acked.len() > 20,
+        "only {} batches acknowledged in all rounds",
+        acked.len()
+    );
 }

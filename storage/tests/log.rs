@@ -22,7 +22,10 @@ async fn read_all(log: &Log, from: u64, max_bytes: usize) -> Vec<(u64, Vec<u8>)>
         assert!(reads < 100_000, "read loop does not advance");
         let r = log.read(offset, max_bytes).await.expect("read");
         let batches = split_batches(&r.to_vec());
-        assert!(!batches.is_empty(), "no batch at {offset} below the end {end}");
+        assert!(
+            !batches.is_empty(),
+            "no batch at {offset} below the end {end}"
+        );
         let last = mlog_wire::RecordBatch::parse(&batches.last().unwrap().1).unwrap();
         assert_eq!(r.next_offset, last.next_offset() as u64);
         offset = r.next_offset;
@@ -32,7 +35,12 @@ async fn read_all(log: &Log, from: u64, max_bytes: usize) -> Vec<(u64, Vec<u8>)>
 }
 
 /// Appends `n` random batches, returning (base offset, stored bytes) of each.
-async fn append_random(log: &Log, rng: &mut rand::rngs::StdRng, n: usize, ts: i64) -> Vec<(u64, Vec<u8>)> {
+async fn append_random(
+    log: &Log,
+    rng: &mut rand::rngs::StdRng,
+    n: usize,
+    ts: i64,
+) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     for i in 0..n {
         let b = random_batch(rng, ts + i as i64 * 10);
@@ -68,7 +76,10 @@ fn append_then_read_back_byte_for_byte() {
         }
         let end = log.log_end_offset();
         assert!(log.read(end, 100).await.unwrap().is_empty());
-        assert!(matches!(log.read(end + 1, 100).await, Err(StorageError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(end + 1, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
         // Flushed reads come from disk once the cache has moved on.
         log.flush().await.unwrap();
         assert_eq!(read_all(&log, 0, 1 << 20).await, written);
@@ -85,7 +96,10 @@ fn reopen_after_clean_close_needs_no_scan() {
         let w = append_random(&log, &mut rng, 200, 0).await;
         log.set_high_watermark(100);
         log.close().await.unwrap();
-        assert!(matches!(log.append(bytes(&batch(1, 1, 1, 0))).await, Err(StorageError::Closed)));
+        assert!(matches!(
+            log.append(bytes(&batch(1, 1, 1, 0))).await,
+            Err(StorageError::Closed)
+        ));
         w
     });
     run(|| async {
@@ -127,7 +141,10 @@ fn unclean_reopen_scans_only_from_the_recovery_point() {
         let log = Log::open(dir.path(), small_config()).await.unwrap();
         let stats = log.recovery_stats().clone();
         assert!(!stats.clean_shutdown);
-        assert_eq!(stats.segments_scanned, 1, "only the active segment is past the recovery point");
+        assert_eq!(
+            stats.segments_scanned, 1,
+            "only the active segment is past the recovery point"
+        );
         assert!(log.segment_bases().len() > 3);
         assert_eq!(read_all(&log, 0, 1 << 16).await, written);
     });
@@ -148,12 +165,23 @@ fn retention_deletes_whole_segments_only() {
         let deleted = log.enforce_retention(SystemTime::UNIX_EPOCH).await.unwrap();
         assert!(deleted > 0);
         let after = log.segment_bases();
-        assert_eq!(&before[deleted..], &after[..], "the oldest segments went, whole");
+        assert_eq!(
+            &before[deleted..],
+            &after[..],
+            "the oldest segments went, whole"
+        );
         assert!(log.size_bytes() >= 200 << 10, "never below the limit");
         assert_eq!(log.log_start_offset(), after[0]);
-        assert!(matches!(log.read(0, 100).await, Err(StorageError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(0, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
         let start = log.log_start_offset();
-        let kept: Vec<_> = written.iter().filter(|(b, _)| *b >= start).cloned().collect();
+        let kept: Vec<_> = written
+            .iter()
+            .filter(|(b, _)| *b >= start)
+            .cloned()
+            .collect();
         assert_eq!(read_all(&log, start, 1 << 16).await, kept);
 
         // Age: every sealed segment's newest record is older than a far-future cutoff; the active
@@ -181,16 +209,23 @@ fn truncate_suffix_then_append_and_reopen() {
         let log = Log::open(dir.path(), small_config()).await.unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let written = append_random(&log, &mut rng, 400, 0).await;
-        log.append_with_epoch(bytes(&batch(1, 1, 1, 0)), 3).await.unwrap();
+        log.append_with_epoch(bytes(&batch(1, 1, 1, 0)), 3)
+            .await
+            .unwrap();
         assert_eq!(log.leader_epochs().len(), 1);
         // Cut in the middle of a batch: the whole batch goes.
         let (cut_base, cut_bytes) = written[150].clone();
-        let cut_in = mlog_wire::RecordBatch::parse(&cut_bytes).unwrap().last_offset() as u64;
+        let cut_in = mlog_wire::RecordBatch::parse(&cut_bytes)
+            .unwrap()
+            .last_offset() as u64;
         log.set_high_watermark(log.log_end_offset());
         log.truncate_suffix(cut_in).await.unwrap();
         assert_eq!(log.log_end_offset(), cut_base);
         assert_eq!(log.high_watermark(), cut_base);
-        assert!(log.leader_epochs().is_empty(), "the epoch started past the cut");
+        assert!(
+            log.leader_epochs().is_empty(),
+            "the epoch started past the cut"
+        );
         let mut kept = written[..150].to_vec();
         assert_eq!(read_all(&log, 0, 1 << 16).await, kept);
         // Appends continue at the cut.
@@ -236,15 +271,26 @@ fn offset_for_timestamp_matches_a_brute_force_model() {
             }
         }
         let max_ts = records.iter().map(|r| r.1).max().unwrap();
-        for probe in (0..max_ts + 50).step_by(37).chain([i64::MIN, 0, max_ts, max_ts + 1]) {
+        for probe in (0..max_ts + 50)
+            .step_by(37)
+            .chain([i64::MIN, 0, max_ts, max_ts + 1])
+        {
             let expected = records.iter().find(|r| r.1 >= probe).map(|r| r.0);
-            assert_eq!(log.offset_for_timestamp(probe).await.unwrap(), expected, "probe {probe}");
+            assert_eq!(
+                log.offset_for_timestamp(probe).await.unwrap(),
+                expected,
+                "probe {probe}"
+            );
         }
         log.close().await.unwrap();
         let log = Log::open(dir.path(), small_config()).await.unwrap();
         for probe in (0..max_ts).step_by(101) {
             let expected = records.iter().find(|r| r.1 >= probe).map(|r| r.0);
-            assert_eq!(log.offset_for_timestamp(probe).await.unwrap(), expected, "probe {probe}");
+            assert_eq!(
+                log.offset_for_timestamp(probe).await.unwrap(),
+                expected,
+                "probe {probe}"
+            );
         }
     });
 }
@@ -298,13 +344,22 @@ fn bad_batches_are_refused_and_nothing_is_stored() {
         let mut bad_crc = good.clone();
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 1;
-        assert!(matches!(log.append(bytes(&bad_crc)).await, Err(StorageError::InvalidBatch(_))));
+        assert!(matches!(
+            log.append(bytes(&bad_crc)).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
         assert!(log.append(bytes(&good[..good.len() - 1])).await.is_err());
         let mut trailing = good.clone();
         trailing.push(0);
-        assert!(matches!(log.append(bytes(&trailing)).await, Err(StorageError::BatchLengthMismatch { .. })));
+        assert!(matches!(
+            log.append(bytes(&trailing)).await,
+            Err(StorageError::BatchLengthMismatch { .. })
+        ));
         let huge = batch(2, 1, 40 << 10, 0);
-        assert!(matches!(log.append(bytes(&huge)).await, Err(StorageError::BatchTooLarge { .. })));
+        assert!(matches!(
+            log.append(bytes(&huge)).await,
+            Err(StorageError::BatchTooLarge { .. })
+        ));
         assert_eq!(log.log_end_offset(), 0);
         assert_eq!(log.append(bytes(&good)).await.unwrap().base_offset, 0);
     });

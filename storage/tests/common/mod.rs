@@ -31,8 +31,12 @@ pub fn batch(seed: u64, records: usize, value_bytes: usize, timestamp: i64) -> V
     }
     for (i, v) in values.iter().enumerate() {
         let key = format!("key-{seed}-{i}");
-        b.push(NewRecord::new(timestamp + i as i64, Some(key.as_bytes()), Some(v)))
-            .expect("push");
+        b.push(NewRecord::new(
+            timestamp + i as i64,
+            Some(key.as_bytes()),
+            Some(v),
+        ))
+        .expect("push");
     }
     b.build().expect("build")
 }
