@@ -4,9 +4,9 @@
 //! Concurrency: a `Log` belongs to one glommio executor (it is `!Send`); many tasks of that executor
 //! may call it at once. State lives in a `RefCell` that is only borrowed inside synchronous helpers,
 //! never across an `.await`. Appends are serialized by `append_lock` (they only await for a roll, a
-//! preallocation or back-pressure), syncs by `flush_lock`: a caller waiting for durability either
-//! finds its offset already covered or runs the next sync, which covers every append made before it
-//! started — many appenders, one `fdatasync`.
+//! preallocation or back-pressure). One sync round runs at a time: a caller waiting for durability
+//! either finds its offset covered when a round ends or starts the next round, which covers every
+//! append made before it started — many appenders, one `fdatasync`.
 //!
 //! Durability invariants:
 //! * `flushed_offset` only moves forward past data that an `fdatasync` covered, and sealed segments are
@@ -24,6 +24,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use event_listener::Event;
 use glommio::io::ReadResult;
 use glommio::sync::Semaphore;
 use mlog_wire::batch::{self, BatchHeader, RecordBatch, HEADER_LEN};
@@ -130,6 +131,8 @@ struct State {
     closed: bool,
     /// Group-commit rounds run (each covers every append made before it started).
     syncs: u64,
+    /// A sync round is in progress (see `Log::flush_upto`).
+    sync_running: bool,
 }
 
 impl State {
@@ -174,7 +177,8 @@ pub struct Log {
     config: LogConfig,
     st: RefCell<State>,
     append_lock: Semaphore,
-    flush_lock: Semaphore,
+    /// Notified whenever a sync round ends.
+    sync_done: Event,
     recovery: RecoveryStats,
 }
 
@@ -312,9 +316,10 @@ impl Log {
                 failed: None,
                 closed: false,
                 syncs: 0,
+                sync_running: false,
             }),
             append_lock: Semaphore::new(1),
-            flush_lock: Semaphore::new(1),
+            sync_done: Event::new(),
             recovery: stats,
             dir,
             config,
@@ -526,22 +531,42 @@ impl Log {
     }
 
     async fn flush_upto(&self, target: u64) -> Result<()> {
-        if self.st.borrow().flushed >= target {
-            return Ok(());
+        // Waiters never queue behind a lock: they sleep until a sync finishes and look again, so
+        // everyone a sync covered returns at once and the next sync starts right away, covering
+        // everything appended meanwhile.
+        loop {
+            let listener = {
+                let mut st = self.st.borrow_mut();
+                if st.flushed >= target {
+                    return Ok(());
+                }
+                if let Some(why) = &st.failed {
+                    return Err(StorageError::Failed(why.clone()));
+                }
+                if !st.sync_running {
+                    st.sync_running = true;
+                    None
+                } else {
+                    Some(self.sync_done.listen())
+                }
+            };
+            match listener {
+                Some(l) => l.await,
+                None => {
+                    let outcome = self.sync_all().await;
+                    self.st.borrow_mut().sync_running = false;
+                    self.sync_done.notify(usize::MAX);
+                    outcome?;
+                }
+            }
         }
-        let _permit = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        if self.st.borrow().flushed >= target {
-            return Ok(()); // the sync we queued behind covered us
-        }
+    }
+
+    /// One group-commit round: syncs every segment with unsynced data, covering every append made
+    /// before it started. Only one runs at a time (`sync_running`).
+    async fn sync_all(&self) -> Result<()> {
         let (end, jobs) = {
             let mut st = self.st.borrow_mut();
-            if let Some(why) = &st.failed {
-                return Err(StorageError::Failed(why.clone()));
-            }
             let end = st.log_end;
             let jobs: Vec<SyncJob> = st
                 .segments
@@ -1029,7 +1054,6 @@ impl Log {
         payload.extend_from_slice(&clean.active_size.to_be_bytes());
         self.write_checkpoint(Kind::CleanShutdown, payload).await?;
         self.append_lock.close();
-        self.flush_lock.close();
         Ok(())
     }
 

@@ -328,7 +328,7 @@ fn concurrent_appenders_share_syncs() {
         assert_eq!(acked.len(), 640);
         assert_eq!(read_all(&log, 0, 1 << 16).await, acked);
         assert!(
-            log.sync_count() < 640,
+            log.sync_count() <= 640 / 4,
             "{} syncs for 640 appends: group commit did not group",
             log.sync_count()
         );

@@ -1,0 +1,261 @@
+//! Storage benchmark: the log's append and read throughput next to the raw DMA write speed of the
+//! same disk, measured in the same run, reported as medians of several runs and as ratios.
+//!
+//! Run: `cargo bench -p mlog-storage --bench log_bench` (options after `--`: `--runs N`,
+//! `--dir DIR` for the disk to measure, `--quick` for a short smoke run).
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use glommio::io::OpenOptions;
+use glommio::{LocalExecutorBuilder, Placement};
+use mlog_storage::{FlushPolicy, Log, LogConfig};
+use mlog_wire::batch::{NewRecord, RecordBatchBuilder};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+struct Opts {
+    runs: usize,
+    dir: PathBuf,
+    quick: bool,
+}
+
+fn parse_opts() -> Opts {
+    let mut opts = Opts {
+        runs: 3,
+        dir: std::env::temp_dir(),
+        quick: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => opts.runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--dir" => opts.dir = args.next().map(PathBuf::from).expect("--dir DIR"),
+            "--quick" => opts.quick = true,
+            _ => {} // cargo passes --bench
+        }
+    }
+    opts
+}
+
+/// A batch of `batch_bytes` (approximately) made of 1 KiB records, or one record for smaller sizes.
+fn make_batch(batch_bytes: usize) -> Vec<u8> {
+    let record_value = 1000.min(batch_bytes - 100);
+    let records = (batch_bytes / (record_value + 30)).max(1);
+    let value = vec![0x5au8; record_value];
+    let mut b = RecordBatchBuilder::new();
+    for i in 0..records {
+        b.push(NewRecord::new(i as i64, None, Some(&value))).expect("push");
+    }
+    b.build().expect("build")
+}
+
+/// Raw sequential DMA writes of 1 MiB buffers, 8 in flight, into a preallocated file, then one
+/// fdatasync: the disk's limit as the log sees it.
+async fn raw_write_mb_s(dir: &Path, total_bytes: usize) -> f64 {
+    let path = dir.join("raw.dat");
+    let file = Rc::new(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&path)
+            .await
+            .expect("open raw file"),
+    );
+    file.pre_allocate(total_bytes as u64, false).await.expect("fallocate");
+    let chunk = 1 << 20;
+    let sem = Rc::new(glommio::sync::Semaphore::new(8));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..total_bytes / chunk {
+        let permit = sem.acquire_static_permit(1).await.expect("permit");
+        let file = file.clone();
+        let mut buf = file.alloc_dma_buffer(chunk);
+        buf.as_bytes_mut().fill(0x5a);
+        tasks.push(glommio::spawn_local(async move {
+            file.write_at(buf, (i * chunk) as u64).await.expect("write");
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    file.fdatasync().await.expect("fdatasync");
+    let secs = start.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    total_bytes as f64 / MIB / secs
+}
+
+struct AppendResult {
+    mb_s: f64,
+    syncs: u64,
+}
+
+/// `appenders` tasks append copies of `batch` until `total_bytes` are written or `max_time` passes,
+/// then a final flush; returns MB/s including that flush.
+async fn append_mb_s(
+    dir: &Path,
+    batch: &[u8],
+    appenders: usize,
+    flush: FlushPolicy,
+    total_bytes: usize,
+    max_time: Duration,
+) -> AppendResult {
+    let log_dir = tempfile::tempdir_in(dir).expect("temp dir");
+    let config = LogConfig {
+        flush,
+        max_batch_bytes: 2 << 20,
+        ..LogConfig::default()
+    };
+    let log = Log::open(log_dir.path(), config).await.expect("open log");
+    let per_task = (total_bytes / batch.len() / appenders).max(1);
+    // Batches are prepared before the clock starts: a broker receives them into buffers anyway.
+    let prepared: Vec<Vec<BytesMut>> = (0..appenders)
+        .map(|_| (0..per_task).map(|_| BytesMut::from(batch)).collect())
+        .collect();
+    let start = Instant::now();
+    let deadline = start + max_time;
+    let tasks: Vec<_> = prepared
+        .into_iter()
+        .map(|batches| {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                let mut bytes = 0usize;
+                for b in batches {
+                    bytes += b.len();
+                    log.append(b).await.expect("append");
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                }
+                bytes
+            })
+        })
+        .collect();
+    let mut bytes = 0;
+    for t in tasks {
+        bytes += t.await;
+    }
+    log.flush().await.expect("flush");
+    let secs = start.elapsed().as_secs_f64();
+    let syncs = log.sync_count();
+    log.close().await.expect("close");
+    AppendResult {
+        mb_s: bytes as f64 / MIB / secs,
+        syncs,
+    }
+}
+
+/// Reads the whole log sequentially with 1 MiB reads: from disk after a reopen (cold: O_DIRECT has
+/// no page cache), and the tail that fits the batch cache right after appending (cached).
+async fn read_mb_s(dir: &Path, batch: &[u8], total_bytes: usize) -> (f64, f64) {
+    let log_dir = tempfile::tempdir_in(dir).expect("temp dir");
+    let config = LogConfig {
+        flush: FlushPolicy::Never,
+        batch_cache_bytes: 64 << 20,
+        max_batch_bytes: 2 << 20,
+        ..LogConfig::default()
+    };
+    let log = Log::open(log_dir.path(), config.clone()).await.expect("open");
+    for _ in 0..total_bytes / batch.len() {
+        log.append(BytesMut::from(batch)).await.expect("append");
+    }
+    log.flush().await.expect("flush");
+    // Cached: the newest 48 MiB, read 5 times over.
+    let end = log.log_end_offset();
+    let per_batch = mlog_wire::RecordBatch::parse(batch).expect("batch").record_count() as u64;
+    let cached_from = end.saturating_sub((48 << 20) / batch.len() as u64 * per_batch);
+    let start = Instant::now();
+    let mut bytes = 0usize;
+    for _ in 0..5 {
+        let mut offset = cached_from;
+        while offset < end {
+            let r = log.read(offset, 1 << 20).await.expect("read");
+            bytes += r.len();
+            offset = r.next_offset;
+        }
+    }
+    let cached = bytes as f64 / MIB / start.elapsed().as_secs_f64();
+    log.close().await.expect("close");
+    let log = Log::open(log_dir.path(), config).await.expect("reopen");
+    let start = Instant::now();
+    let mut bytes = 0usize;
+    let mut offset = 0;
+    while offset < end {
+        let r = log.read(offset, 1 << 20).await.expect("read");
+        bytes += r.len();
+        offset = r.next_offset;
+    }
+    let cold = bytes as f64 / MIB / start.elapsed().as_secs_f64();
+    log.close().await.expect("close");
+    (cached, cold)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let opts = parse_opts();
+    let ex = LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .expect("glommio executor");
+    ex.run(async move {
+        let dir = tempfile::tempdir_in(&opts.dir).expect("bench dir");
+        let dir = dir.path();
+        mlog_storage::dma_probe::ensure_probed(dir).await.expect("probe");
+        let total = if opts.quick { 32 << 20 } else { 512 << 20 };
+        let max_time = Duration::from_secs(if opts.quick { 1 } else { 4 });
+        let sizes = [(1usize << 10, "1 KiB"), (16 << 10, "16 KiB"), (1 << 20, "1 MiB")];
+        let appenders = [1usize, 8, 64];
+
+        let mut raw = Vec::new();
+        let mut rows: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+        for run in 0..opts.runs {
+            eprintln!("run {}/{}", run + 1, opts.runs);
+            raw.push(raw_write_mb_s(dir, total).await);
+            let mut i = 0;
+            for (size, size_name) in sizes {
+                let batch = make_batch(size);
+                for flush in [FlushPolicy::Never, FlushPolicy::Always] {
+                    for &n in &appenders {
+                        let r = append_mb_s(dir, &batch, n, flush, total, max_time).await;
+                        let name = format!(
+                            "append flush={} batch={size_name} appenders={n}",
+                            if flush == FlushPolicy::Never { "never" } else { "always" }
+                        );
+                        if rows.len() <= i {
+                            rows.push((name, Vec::new(), Vec::new()));
+                        }
+                        rows[i].1.push(r.mb_s);
+                        rows[i].2.push(r.syncs as f64);
+                        i += 1;
+                    }
+                }
+            }
+            let (cached, cold) = read_mb_s(dir, &make_batch(16 << 10), total.min(256 << 20)).await;
+            for (name, v) in [("read cached batch=16 KiB", cached), ("read cold (disk) batch=16 KiB", cold)] {
+                if rows.len() <= i {
+                    rows.push((name.to_string(), Vec::new(), Vec::new()));
+                }
+                rows[i].1.push(v);
+                i += 1;
+            }
+        }
+        let raw_median = median(raw.clone());
+        println!("\nraw O_DIRECT sequential write (glommio, 1 MiB x 8 in flight): median {raw_median:.0} MB/s of runs {raw:.0?}\n");
+        println!("| measurement | MB/s (median of {}) | ratio to raw | syncs (median) |", opts.runs);
+        println!("|---|---:|---:|---:|");
+        for (name, v, syncs) in rows {
+            let m = median(v);
+            let s = if syncs.is_empty() { String::from("-") } else { format!("{:.0}", median(syncs)) };
+            println!("| {name} | {m:.0} | {:.2} | {s} |", m / raw_median);
+        }
+    });
+}
