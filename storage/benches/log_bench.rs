@@ -47,7 +47,8 @@ fn make_batch(batch_bytes: usize) -> Vec<u8> {
     let value = vec![0x5au8; record_value];
     let mut b = RecordBatchBuilder::new();
     for i in 0..records {
-        b.push(NewRecord::new(i as i64, None, Some(&value))).expect("push");
+        b.push(NewRecord::new(i as i64, None, Some(&value)))
+            .expect("push");
     }
     b.build().expect("build")
 }
@@ -66,7 +67,9 @@ async fn raw_write_mb_s(dir: &Path, total_bytes: usize) -> f64 {
             .await
             .expect("open raw file"),
     );
-    file.pre_allocate(total_bytes as u64, false).await.expect("fallocate");
+    file.pre_allocate(total_bytes as u64, false)
+        .await
+        .expect("fallocate");
     let chunk = 1 << 20;
     let sem = Rc::new(glommio::sync::Semaphore::new(8));
     let start = Instant::now();
@@ -107,10 +110,14 @@ async fn append_mb_s(
     max_time: Duration,
 ) -> AppendResult {
     let log_dir = tempfile::tempdir_in(dir).expect("temp dir");
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    let defaults = LogConfig::default();
     let config = LogConfig {
         flush,
         max_batch_bytes: 2 << 20,
-        ..LogConfig::default()
+        write_buffer_bytes: env("WB").unwrap_or(defaults.write_buffer_bytes),
+        max_writes_in_flight: env("WIF").unwrap_or(defaults.max_writes_in_flight),
+        ..defaults
     };
     let log = Log::open(log_dir.path(), config).await.expect("open log");
     let per_task = (total_bytes / batch.len() / appenders).max(1);
@@ -161,14 +168,18 @@ async fn read_mb_s(dir: &Path, batch: &[u8], total_bytes: usize) -> (f64, f64) {
         max_batch_bytes: 2 << 20,
         ..LogConfig::default()
     };
-    let log = Log::open(log_dir.path(), config.clone()).await.expect("open");
+    let log = Log::open(log_dir.path(), config.clone())
+        .await
+        .expect("open");
     for _ in 0..total_bytes / batch.len() {
         log.append(BytesMut::from(batch)).await.expect("append");
     }
     log.flush().await.expect("flush");
     // Cached: the newest 48 MiB, read 5 times over.
     let end = log.log_end_offset();
-    let per_batch = mlog_wire::RecordBatch::parse(batch).expect("batch").record_count() as u64;
+    let per_batch = mlog_wire::RecordBatch::parse(batch)
+        .expect("batch")
+        .record_count() as u64;
     let cached_from = end.saturating_sub((48 << 20) / batch.len() as u64 * per_batch);
     let start = Instant::now();
     let mut bytes = 0usize;

@@ -4,9 +4,9 @@
 //! Concurrency: a `Log` belongs to one glommio executor (it is `!Send`); many tasks of that executor
 //! may call it at once. State lives in a `RefCell` that is only borrowed inside synchronous helpers,
 //! never across an `.await`. Appends are serialized by `append_lock` (they only await for a roll, a
-//! preallocation or back-pressure). One sync round runs at a time: a caller waiting for durability
-//! either finds its offset covered when a round ends or starts the next round, which covers every
-//! append made before it started — many appenders, one `fdatasync`.
+//! preallocation or back-pressure). A caller waiting for durability either finds its offset covered
+//! by a running group-commit round or starts the next one, which covers every append made before it
+//! started — many appenders, one `fdatasync`.
 //!
 //! Durability invariants:
 //! * `flushed_offset` only moves forward past data that an `fdatasync` covered, and sealed segments are
@@ -36,6 +36,11 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{IoContext, Result, StorageError};
 use crate::recovery::scan_batches;
 use crate::segment::{self, BatchMeta, Segment};
+
+/// Group-commit rounds that may run at once. Two let a new round start while the previous one's
+/// fdatasync is in flight (a later fdatasync covers every write completed before it was issued, so
+/// rounds are independent); more would only queue more syncs at the device.
+const MAX_SYNC_ROUNDS: usize = 2;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,8 +136,10 @@ struct State {
     closed: bool,
     /// Group-commit rounds run (each covers every append made before it started).
     syncs: u64,
-    /// A sync round is in progress (see `Log::flush_upto`).
-    sync_running: bool,
+    /// Sync rounds in progress (see `Log::flush_upto`).
+    syncs_running: usize,
+    /// The log end the newest started round covers.
+    sync_covering: u64,
 }
 
 impl State {
@@ -179,6 +186,8 @@ pub struct Log {
     append_lock: Semaphore,
     /// Notified whenever a sync round ends.
     sync_done: Event,
+    /// Serializes checkpoint file writes.
+    checkpoint_lock: Semaphore,
     recovery: RecoveryStats,
 }
 
@@ -291,7 +300,7 @@ impl Log {
         active.appender = Some(appender);
         let log_end = active.next_offset;
         let first_base = *segments.keys().next().expect("at least one segment");
-        log_start = log_start.clamp(first_base, log_end);
+        log_start = log_start.max(first_base).min(log_end);
         epochs.retain(|e| e.start_offset < log_end);
         if clean.is_some() {
             checkpoint::remove(&dir, Kind::CleanShutdown)?;
@@ -316,10 +325,12 @@ impl Log {
                 failed: None,
                 closed: false,
                 syncs: 0,
-                sync_running: false,
+                syncs_running: 0,
+                sync_covering: log_end,
             }),
             append_lock: Semaphore::new(1),
             sync_done: Event::new(),
+            checkpoint_lock: Semaphore::new(1),
             recovery: stats,
             dir,
             config,
@@ -400,7 +411,7 @@ impl Log {
             let appender = active
                 .appender
                 .as_mut()
-                .expect("the active segment has an appender");
+                .ok_or_else(|| StorageError::Failed("the active segment has no appender".into()))?;
             appender.check()?;
             appender.append(&batch);
             let write_state = appender.state().clone();
@@ -434,8 +445,8 @@ impl Log {
     }
 
     async fn record_epoch(&self, epoch: i32) -> Result<()> {
-        let entries = {
-            let mut st = self.st.borrow_mut();
+        let (entries, entry) = {
+            let st = self.st.borrow();
             let start_offset = st.log_end;
             match st.epochs.last() {
                 Some(last) if last.epoch == epoch => return Ok(()),
@@ -447,13 +458,19 @@ impl Log {
                 }
                 _ => {}
             }
-            st.epochs.push(EpochEntry {
+            let entry = EpochEntry {
                 epoch,
                 start_offset,
-            });
-            st.epochs.clone()
+            };
+            let mut entries = st.epochs.clone();
+            entries.push(entry);
+            (entries, entry)
         };
-        self.write_epochs(entries).await
+        // Durable first: a batch is never stamped with an epoch the history on disk lacks.
+        self.write_checkpoint(Kind::LeaderEpochs, encode_epochs(&entries))
+            .await?;
+        self.st.borrow_mut().epochs.push(entry);
+        Ok(())
     }
 
     async fn roll_if_needed(&self, len: u64, last_delta: u64) -> Result<()> {
@@ -496,9 +513,13 @@ impl Log {
             active.seal()?;
             st.segments.insert(new_base, seg);
         }
-        // Sync the sealed segment now, so unsynced segments (and their buffers) never pile up.
+        // Sync the sealed segment now, so unsynced segments (and their buffers) never pile up. A
+        // round runs even if every offset is already flushed: the sealed file still needs its trim
+        // and its indexes their sync.
         checkpoint::sync_dir(&self.dir)?;
-        self.flush().await.map(|_| ())
+        self.start_round();
+        let _round = RoundGuard(self);
+        self.sync_all().await
     }
 
     async fn preallocate_for(&self, len: u64) -> Result<()> {
@@ -531,20 +552,20 @@ impl Log {
     }
 
     async fn flush_upto(&self, target: u64) -> Result<()> {
-        // Waiters never queue behind a lock: they sleep until a sync finishes and look again, so
-        // everyone a sync covered returns at once and the next sync starts right away, covering
-        // everything appended meanwhile.
+        // Waiters never queue behind a lock: they sleep until a round ends and look again, so everyone
+        // a round covered returns at once. A waiter that no running round covers starts a new one
+        // (up to `MAX_SYNC_ROUNDS` at a time): rounds overlap, so an append waits for about one
+        // fdatasync, not for the one in progress plus its own.
         loop {
             let listener = {
-                let mut st = self.st.borrow_mut();
+                let st = self.st.borrow();
                 if st.flushed >= target {
                     return Ok(());
                 }
                 if let Some(why) = &st.failed {
                     return Err(StorageError::Failed(why.clone()));
                 }
-                if !st.sync_running {
-                    st.sync_running = true;
+                if st.sync_covering < target && st.syncs_running < MAX_SYNC_ROUNDS {
                     None
                 } else {
                     Some(self.sync_done.listen())
@@ -553,12 +574,38 @@ impl Log {
             match listener {
                 Some(l) => l.await,
                 None => {
-                    let outcome = self.sync_all().await;
-                    self.st.borrow_mut().sync_running = false;
-                    self.sync_done.notify(usize::MAX);
-                    outcome?;
+                    self.start_round();
+                    let _round = RoundGuard(self);
+                    self.sync_all().await?;
                 }
             }
+        }
+    }
+
+    /// Counts a round as running; pair with a `RoundGuard`, which ends it even if the round's future
+    /// is dropped half-way (a cancelled caller must not leave the count, and every waiter, stuck).
+    fn start_round(&self) {
+        let mut st = self.st.borrow_mut();
+        st.syncs_running += 1;
+        st.sync_covering = st.sync_covering.max(st.log_end);
+    }
+
+    /// Flushes, then waits until no sync round runs. Callers hold `append_lock`, so no append can
+    /// start a new round; what follows may then change segments' files (truncate, close) without a
+    /// round still working on them.
+    async fn flush_and_quiesce(&self) -> Result<()> {
+        self.flush().await?;
+        loop {
+            let listener = {
+                if self.st.borrow().syncs_running == 0 {
+                    return Ok(());
+                }
+                self.sync_done.listen()
+            };
+            if self.st.borrow().syncs_running == 0 {
+                return Ok(());
+            }
+            listener.await;
         }
     }
 
@@ -592,11 +639,21 @@ impl Log {
         let new_recovery_point = {
             let mut st = self.st.borrow_mut();
             match outcome {
+                // An overlapping round may have failed after this one's fdatasync consumed the
+                // error report: a failed log never reports anything as newly durable.
+                Ok(_) if st.failed.is_some() => {
+                    return Err(StorageError::Failed(st.failed.clone().unwrap_or_default()));
+                }
                 Ok(sealed_synced) => {
                     st.flushed = st.flushed.max(end);
                     st.syncs += 1;
-                    let rp = st.active().base_offset;
-                    (sealed_synced && rp != st.recovery_point).then(|| {
+                    // Recovery must start at the oldest segment that is not yet synced and trimmed.
+                    let rp = st
+                        .segments
+                        .values()
+                        .find(|s| s.appender.is_some())
+                        .map_or(st.log_end, |s| s.base_offset);
+                    (sealed_synced && rp > st.recovery_point).then(|| {
                         st.recovery_point = rp;
                         rp
                     })
@@ -608,7 +665,7 @@ impl Log {
             }
         };
         match new_recovery_point {
-            Some(rp) => self.write_u64(Kind::RecoveryPoint, rp).await,
+            Some(_) => self.persist(Kind::RecoveryPoint).await,
             None => Ok(()),
         }
     }
@@ -755,6 +812,12 @@ impl Log {
     /// Removes every batch that holds an offset `>= offset` (the whole batch containing `offset`
     /// goes, so the new log end may be below `offset`). Durable when it returns. Truncating at or
     /// below the log start empties the log and restarts it at `offset`.
+    ///
+    /// Order (so a crash at any point reopens to either the old or the new log, never a mix): find
+    /// the cut without changing anything; lower the recovery point durably to the kept segment, so
+    /// recovery rescans it; unlink the later segments and sync the directory; cut and sync the file;
+    /// rebuild the kept segment's metadata. An error after the first destructive step fails the log
+    /// (reopening recovers it).
     pub async fn truncate_suffix(&self, offset: u64) -> Result<()> {
         let _permit = self
             .append_lock
@@ -763,7 +826,7 @@ impl Log {
             .map_err(|_| StorageError::Closed)?;
         self.st.borrow().check_writable()?;
         // Every write must have landed before bytes are cut from under it.
-        self.flush().await?;
+        self.flush_and_quiesce().await?;
         let (log_start, log_end) = {
             let st = self.st.borrow();
             (st.log_start, st.log_end)
@@ -772,17 +835,71 @@ impl Log {
             return Ok(());
         }
         if offset <= log_start {
-            return self.restart_at(offset).await;
+            return self.fail_on_error(self.restart_at(offset).await);
         }
-        // Drop whole segments past the cut.
+        let (file, path, keep_base, from, limit) =
+            {
+                let st = self.st.borrow();
+                let (_, seg) = st.segments.range(..=offset).next_back().ok_or(
+                    StorageError::OffsetOutOfRange {
+                        offset,
+                        log_start,
+                        log_end,
+                    },
+                )?;
+                (
+                    seg.file.clone(),
+                    seg.log_path.clone(),
+                    seg.base_offset,
+                    seg.scan_start(offset),
+                    seg.size,
+                )
+            };
+        let from_offset = self.offset_at_position(keep_base, from).await?;
+        let mut cut = None;
+        let end = scan_batches(&file, &path, from, from_offset, limit, |meta, pos| {
+            if meta.last_offset >= offset {
+                cut = Some((pos, meta.base_offset));
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await?;
+        let (cut_position, new_end) = match (cut, end.invalid) {
+            (Some(cut), _) => cut,
+            (None, Some(reason)) => {
+                return Err(StorageError::Corrupt {
+                    path,
+                    position: end.valid_upto,
+                    reason,
+                })
+            }
+            // The offset lies past this segment's data (it ends the segment): nothing to cut here.
+            (None, None) => (limit, end_offset_of(&self.st.borrow(), keep_base)),
+        };
+        {
+            let mut st = self.st.borrow_mut();
+            st.recovery_point = st.recovery_point.min(keep_base);
+        }
+        self.persist(Kind::RecoveryPoint).await?;
+        let outcome = self
+            .cut_segments(keep_base, cut_position, new_end, file, path)
+            .await;
+        self.fail_on_error(outcome)
+    }
+
+    /// The destructive half of `truncate_suffix`.
+    async fn cut_segments(
+        &self,
+        keep_base: u64,
+        cut_position: u64,
+        new_end: u64,
+        file: Rc<glommio::io::DmaFile>,
+        path: PathBuf,
+    ) -> Result<()> {
         let doomed: Vec<u64> = {
             let mut st = self.st.borrow_mut();
-            let keep_base = *st
-                .segments
-                .range(..=offset)
-                .next_back()
-                .map(|(b, _)| b)
-                .unwrap_or(&0);
             let doomed: Vec<u64> = st
                 .segments
                 .range(keep_base + 1..)
@@ -791,52 +908,36 @@ impl Log {
             for b in &doomed {
                 st.segments.remove(b);
             }
+            st.log_end = new_end;
+            st.flushed = st.flushed.min(new_end);
+            st.sync_covering = st.sync_covering.min(new_end);
+            st.high_watermark = st.high_watermark.min(new_end);
+            st.cache.truncate_from(new_end);
+            st.epochs.retain(|e| e.start_offset < new_end);
             doomed
         };
-        for b in doomed {
-            remove_segment_files(&self.dir, b)?;
+        for b in &doomed {
+            remove_segment_files(&self.dir, *b)?;
         }
-        // Find the cut inside the (now last) segment.
-        let (file, path, base, from) = {
-            let st = self.st.borrow();
-            let seg = st.active();
-            (
-                seg.file.clone(),
-                seg.log_path.clone(),
-                seg.base_offset,
-                seg.scan_start(offset),
-            )
-        };
-        let from_offset = self.offset_at_position(base, from).await?;
-        let limit = self.st.borrow().active().size;
-        let mut cut = (limit, log_end);
-        scan_batches(&file, &path, from, from_offset, limit, |meta, pos| {
-            if meta.last_offset >= offset {
-                cut = (pos, meta.base_offset);
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
-        .await?;
-        let (cut_position, new_end) = cut;
+        checkpoint::sync_dir(&self.dir)?;
         file.truncate(cut_position)
             .await
             .ctx("truncating segment", &path)?;
         file.fdatasync().await.ctx("fdatasync", &path)?;
-        // Rebuild the segment's metadata and indexes from what is left.
+        // Rebuild the kept segment's metadata and indexes from what is left.
         let mut rebuilt = Vec::new();
-        scan_batches(&file, &path, 0, base, cut_position, |meta, pos| {
+        scan_batches(&file, &path, 0, keep_base, cut_position, |meta, pos| {
             rebuilt.push((meta, pos));
             ControlFlow::Continue(())
         })
         .await?;
         let appender =
             Appender::new(file, path, cut_position, self.config.write_buffer_bytes).await?;
-        let (epochs, recovery_point) = {
+        {
             let mut st = self.st.borrow_mut();
             let interval = self.config.index_interval_bytes;
             let seg = st.active_mut();
+            debug_assert_eq!(seg.base_offset, keep_base);
             if seg.sealed {
                 seg.reopen_indexes_for_append()?;
             }
@@ -846,17 +947,21 @@ impl Log {
             }
             seg.allocated = cut_position;
             seg.appender = Some(appender);
-            st.log_end = new_end;
-            st.flushed = st.flushed.min(new_end);
-            st.high_watermark = st.high_watermark.min(new_end);
-            st.cache.truncate_from(new_end);
-            st.epochs.retain(|e| e.start_offset < new_end);
-            st.recovery_point = st.recovery_point.min(base);
-            (st.epochs.clone(), st.recovery_point)
-        };
-        checkpoint::sync_dir(&self.dir)?;
-        self.write_u64(Kind::RecoveryPoint, recovery_point).await?;
-        self.write_epochs(epochs).await
+        }
+        self.persist(Kind::HighWatermark).await?;
+        self.persist(Kind::LeaderEpochs).await
+    }
+
+    /// Marks the log failed when a destructive step could not complete: its memory no longer
+    /// matches its files, and only a reopen (recovery) reconciles them.
+    fn fail_on_error(&self, outcome: Result<()>) -> Result<()> {
+        if let Err(e) = &outcome {
+            self.st
+                .borrow_mut()
+                .failed
+                .get_or_insert_with(|| e.to_string());
+        }
+        outcome
     }
 
     /// The base offset of the batch at `position` of segment `base` (positions come from the index).
@@ -866,7 +971,7 @@ impl Log {
         }
         let (file, path) = {
             let st = self.st.borrow();
-            let seg = st.active();
+            let seg = st.segments.get(&base).ok_or(StorageError::Closed)?;
             (seg.file.clone(), seg.log_path.clone())
         };
         let head = file
@@ -881,20 +986,19 @@ impl Log {
         Ok(h.base_offset as u64)
     }
 
-    /// Deletes every segment and starts an empty one at `offset`.
+    /// Deletes every segment and starts an empty one at `offset`. Holds `append_lock`.
     async fn restart_at(&self, offset: u64) -> Result<()> {
-        let doomed: Vec<u64> = self.st.borrow().segments.keys().copied().collect();
-        let mut seg = Segment::open(&self.dir, offset, self.config.index_max_bytes, true).await?;
-        if doomed.contains(&offset) {
-            // Reusing the name: start from an empty file.
-            seg.file
-                .truncate(0)
-                .await
-                .ctx("truncating segment", &seg.log_path)?;
-            seg.index.clear();
-            seg.time_index.clear();
-            seg.allocated = 0;
+        {
+            let mut st = self.st.borrow_mut();
+            st.recovery_point = st.recovery_point.min(offset);
         }
+        self.persist(Kind::RecoveryPoint).await?;
+        let doomed: Vec<u64> = self.st.borrow().segments.keys().copied().collect();
+        for b in &doomed {
+            remove_segment_files(&self.dir, *b)?;
+        }
+        checkpoint::sync_dir(&self.dir)?;
+        let mut seg = Segment::open(&self.dir, offset, self.config.index_max_bytes, true).await?;
         seg.appender = Some(
             Appender::new(
                 seg.file.clone(),
@@ -911,26 +1015,35 @@ impl Log {
             st.log_start = offset;
             st.log_end = offset;
             st.flushed = offset;
+            st.sync_covering = offset;
             st.high_watermark = offset;
             st.recovery_point = offset;
             st.epochs.clear();
             st.cache.clear();
         }
-        for b in doomed.into_iter().filter(|b| *b != offset) {
-            remove_segment_files(&self.dir, b)?;
-        }
         checkpoint::sync_dir(&self.dir)?;
-        self.write_u64(Kind::LogStartOffset, offset).await?;
-        self.write_u64(Kind::RecoveryPoint, offset).await?;
-        self.write_epochs(Vec::new()).await
+        for kind in [
+            Kind::LogStartOffset,
+            Kind::RecoveryPoint,
+            Kind::HighWatermark,
+            Kind::LeaderEpochs,
+        ] {
+            self.persist(kind).await?;
+        }
+        Ok(())
     }
 
     /// Moves the log start up to `offset` (clamped to the log end) and deletes the segments wholly
     /// below it. The active segment is never deleted. Returns the number of segments deleted.
     pub async fn delete_before(&self, offset: u64) -> Result<usize> {
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let new_start = {
             let st = self.st.borrow();
-            offset.clamp(st.log_start, st.log_end)
+            offset.max(st.log_start).min(st.log_end)
         };
         self.delete_segments(new_start).await
     }
@@ -938,10 +1051,15 @@ impl Log {
     /// Applies `retention_bytes` and `retention_ms` (measured against `now`), deleting whole sealed
     /// segments from the oldest. Returns the number deleted.
     pub async fn enforce_retention(&self, now: SystemTime) -> Result<usize> {
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let now_ms = now
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let (by_size, by_age) = {
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let new_start = {
             let st = self.st.borrow();
             let mut excess = self
                 .config
@@ -956,20 +1074,17 @@ impl Log {
                 by_size += 1;
             }
             let by_age = self.config.retention_ms.map_or(0, |age| {
-                let cutoff = now_ms.saturating_sub(age.as_millis() as i64);
+                let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+                let cutoff = now_ms.saturating_sub(age_ms);
                 st.segments
                     .values()
                     .take_while(|s| s.sealed && s.max_timestamp < cutoff)
                     .count()
             });
-            (by_size, by_age)
-        };
-        let n = by_size.max(by_age);
-        if n == 0 {
-            return Ok(0);
-        }
-        let new_start = {
-            let st = self.st.borrow();
+            let n = by_size.max(by_age);
+            if n == 0 {
+                return Ok(0);
+            }
             let next_base = st
                 .segments
                 .values()
@@ -980,25 +1095,36 @@ impl Log {
         self.delete_segments(new_start).await
     }
 
+    /// Raises the log start to `new_start` (durably) and then deletes the sealed, synced segments
+    /// wholly below it; never the last segment. Holds `append_lock`.
     async fn delete_segments(&self, new_start: u64) -> Result<usize> {
-        let doomed: Vec<u64> = {
+        {
             let mut st = self.st.borrow_mut();
             st.log_start = new_start;
             st.high_watermark = st.high_watermark.max(new_start);
+            st.cache.drop_before(new_start);
+        }
+        // The new start is durable before any file goes, so a crash can't resurrect deleted data.
+        self.persist(Kind::LogStartOffset).await?;
+        let doomed: Vec<u64> = {
+            let mut st = self.st.borrow_mut();
+            let last = st.active().base_offset;
             let doomed: Vec<u64> = st
                 .segments
                 .values()
-                .filter(|s| s.sealed && s.appender.is_none() && s.next_offset <= new_start)
+                .filter(|s| {
+                    s.base_offset != last
+                        && s.sealed
+                        && s.appender.is_none()
+                        && s.next_offset <= new_start
+                })
                 .map(|s| s.base_offset)
                 .collect();
             for b in &doomed {
                 st.segments.remove(b);
             }
-            st.cache.drop_before(new_start);
             doomed
         };
-        // The new start is durable before any file goes, so a crash can't resurrect deleted data.
-        self.write_u64(Kind::LogStartOffset, new_start).await?;
         for b in &doomed {
             remove_segment_files(&self.dir, *b)?;
         }
@@ -1008,8 +1134,8 @@ impl Log {
         Ok(doomed.len())
     }
 
-    /// Flushes, trims the active segment, writes every checkpoint and marks the stop as clean, so the
-    /// next open needs no scan. Further calls fail with `Closed`.
+    /// Flushes, finishes every segment (trim, index sync), writes every checkpoint and marks the stop
+    /// as clean, so the next open needs no scan. Further calls fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
         let _permit = self
             .append_lock
@@ -1017,12 +1143,17 @@ impl Log {
             .await
             .map_err(|_| StorageError::Closed)?;
         self.st.borrow().check_writable()?;
-        self.flush().await?;
-        let (file, path, size, clean, hw, start, epochs) = {
+        self.flush_and_quiesce().await?;
+        // One more round finishes sealed segments that a failed or cancelled roll left unsynced.
+        self.start_round();
+        {
+            let _round = RoundGuard(self);
+            self.sync_all().await?;
+        }
+        let (file, path, size, index, time_index, clean) = {
             let mut st = self.st.borrow_mut();
             st.closed = true;
             let log_end = st.log_end;
-            let (hw, start, epochs) = (st.high_watermark, st.log_start, st.epochs.clone());
             let active = st.active_mut();
             active.push_final_time_entry();
             active.index.seal()?;
@@ -1037,17 +1168,30 @@ impl Log {
                 active.file.clone(),
                 active.log_path.clone(),
                 active.size,
+                active.index.sync_handle()?,
+                active.time_index.sync_handle()?,
                 clean,
-                hw,
-                start,
-                epochs,
             )
         };
         file.truncate(size).await.ctx("trimming segment", &path)?;
         file.fdatasync().await.ctx("fdatasync", &path)?;
-        self.write_u64(Kind::HighWatermark, hw).await?;
-        self.write_u64(Kind::LogStartOffset, start).await?;
-        self.write_epochs(epochs).await?;
+        let index_path = path.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                index
+                    .sync_all()
+                    .and_then(|_| time_index.sync_all())
+                    .ctx("syncing index", &index_path)
+            })
+            .await?;
+        for kind in [
+            Kind::HighWatermark,
+            Kind::LogStartOffset,
+            Kind::LeaderEpochs,
+            Kind::RecoveryPoint,
+        ] {
+            self.persist(kind).await?;
+        }
         let mut payload = Vec::with_capacity(24);
         payload.extend_from_slice(&clean.log_end.to_be_bytes());
         payload.extend_from_slice(&clean.active_base.to_be_bytes());
@@ -1059,30 +1203,44 @@ impl Log {
 
     /// Writes the high-watermark and recovery-point checkpoints.
     pub async fn checkpoint(&self) -> Result<()> {
-        let (hw, rp) = {
-            let st = self.st.borrow();
-            (st.high_watermark, st.recovery_point)
-        };
-        self.write_u64(Kind::HighWatermark, hw).await?;
-        self.write_u64(Kind::RecoveryPoint, rp).await
+        self.persist(Kind::HighWatermark).await?;
+        self.persist(Kind::RecoveryPoint).await
     }
 
-    async fn write_u64(&self, kind: Kind, v: u64) -> Result<()> {
-        self.write_checkpoint(kind, checkpoint::u64_payload(v).to_vec())
+    /// Writes the checkpoint of `kind` from the state as it is once the checkpoint lock is held, so
+    /// an older value can never overwrite a newer one.
+    async fn persist(&self, kind: Kind) -> Result<()> {
+        let _permit = self
+            .checkpoint_lock
+            .acquire_permit(1)
             .await
+            .map_err(|_| StorageError::Closed)?;
+        let payload = {
+            let st = self.st.borrow();
+            match kind {
+                Kind::RecoveryPoint => checkpoint::u64_payload(st.recovery_point).to_vec(),
+                Kind::HighWatermark => checkpoint::u64_payload(st.high_watermark).to_vec(),
+                Kind::LogStartOffset => checkpoint::u64_payload(st.log_start).to_vec(),
+                Kind::LeaderEpochs => encode_epochs(&st.epochs),
+                Kind::CleanShutdown => {
+                    return Err(StorageError::InvalidConfig("not a state checkpoint"))
+                }
+            }
+        };
+        self.write_file(kind, payload).await
     }
 
-    async fn write_epochs(&self, epochs: Vec<EpochEntry>) -> Result<()> {
-        let mut payload = Vec::with_capacity(4 + epochs.len() * 12);
-        payload.extend_from_slice(&(epochs.len() as u32).to_be_bytes());
-        for e in &epochs {
-            payload.extend_from_slice(&e.epoch.to_be_bytes());
-            payload.extend_from_slice(&e.start_offset.to_be_bytes());
-        }
-        self.write_checkpoint(Kind::LeaderEpochs, payload).await
-    }
-
+    /// Writes a checkpoint whose payload the caller built (serialized with `persist`).
     async fn write_checkpoint(&self, kind: Kind, payload: Vec<u8>) -> Result<()> {
+        let _permit = self
+            .checkpoint_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        self.write_file(kind, payload).await
+    }
+
+    async fn write_file(&self, kind: Kind, payload: Vec<u8>) -> Result<()> {
         let dir = self.dir.clone();
         glommio::executor()
             .spawn_blocking(move || checkpoint::write(&dir, kind, &payload))
@@ -1092,7 +1250,7 @@ impl Log {
     /// Sets the high watermark (clamped to `[log_start, log_end]`); persisted by `checkpoint`/`close`.
     pub fn set_high_watermark(&self, offset: u64) {
         let mut st = self.st.borrow_mut();
-        st.high_watermark = offset.clamp(st.log_start, st.log_end);
+        st.high_watermark = offset.max(st.log_start).min(st.log_end);
     }
 
     /// The high watermark.
@@ -1154,6 +1312,34 @@ impl Log {
     pub fn config(&self) -> &LogConfig {
         &self.config
     }
+}
+
+/// Ends a sync round (see `Log::start_round`) when dropped, even when the round's future is.
+struct RoundGuard<'a>(&'a Log);
+
+impl Drop for RoundGuard<'_> {
+    fn drop(&mut self) {
+        self.0.st.borrow_mut().syncs_running -= 1;
+        self.0.sync_done.notify(usize::MAX);
+    }
+}
+
+/// The next offset of segment `base`: the following segment's base, or the log end.
+fn end_offset_of(st: &State, base: u64) -> u64 {
+    st.segments
+        .range(base + 1..)
+        .next()
+        .map_or(st.log_end, |(b, _)| *b)
+}
+
+fn encode_epochs(epochs: &[EpochEntry]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(4 + epochs.len() * 12);
+    payload.extend_from_slice(&(epochs.len() as u32).to_be_bytes());
+    for e in epochs {
+        payload.extend_from_slice(&e.epoch.to_be_bytes());
+        payload.extend_from_slice(&e.start_offset.to_be_bytes());
+    }
+    payload
 }
 
 /// A sync of one segment, captured so no borrow is held while it runs.
