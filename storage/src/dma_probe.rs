@@ -8,7 +8,9 @@
 //! DMA read then fails with `EOPNOTSUPP`. Opening a file that holds a real block first makes the
 //! probe exercise the device, so the answer is right for the rest of the thread's life.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use glommio::io::DmaFile;
@@ -16,16 +18,20 @@ use glommio::io::DmaFile;
 use crate::error::{IoContext, Result};
 
 thread_local! {
-    static PROBED: Cell<bool> = const { Cell::new(false) };
+    /// Devices (`st_dev`) whose probe this thread already ran.
+    static PROBED: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
 }
 
 /// Name of the scratch file; it ends in `.tmp`, so a leftover is removed like any temp file.
 const PROBE_FILE: &str = ".dma-probe.tmp";
 
-/// Runs glommio's poll-ring probe against a real 4 KiB block in `dir`, once per thread. Call it
-/// before the first DMA file of a device is opened on this executor.
+/// Runs glommio's poll-ring probe against a real 4 KiB block in `dir`, once per thread and device.
+/// Call it before the first DMA file of a device is opened on this executor.
 pub async fn ensure_probed(dir: &Path) -> Result<()> {
-    if PROBED.get() {
+    let device = std::fs::metadata(dir)
+        .ctx("reading directory metadata", dir)?
+        .dev();
+    if PROBED.with_borrow(|p| p.contains(&device)) {
         return Ok(());
     }
     let path = dir.join(PROBE_FILE);
@@ -37,6 +43,6 @@ pub async fn ensure_probed(dir: &Path) -> Result<()> {
         let _ = file.close().await;
     }
     std::fs::remove_file(&path).ctx("removing DMA probe file", &path)?;
-    PROBED.set(true);
+    PROBED.with_borrow_mut(|p| p.insert(device));
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! unclean stop for segments past the recovery point: recovery rebuilds them from the log.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
@@ -121,6 +122,17 @@ impl IndexFile {
         self.map = Map::None;
         let len = (self.max_entries * self.entry_bytes) as u64;
         self.file.set_len(len).ctx("sizing index", &self.path)?;
+        // Reserve the blocks now: a store into a sparse page of the map would need a block at fault
+        // time, and on a full disk the kernel answers that with SIGBUS instead of an error.
+        // SAFETY: plain syscall on a file descriptor this struct owns; no memory is passed.
+        let err = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, len as libc::off_t) };
+        if err != 0 {
+            return Err(crate::error::StorageError::io(
+                "reserving index blocks",
+                &self.path,
+                std::io::Error::from_raw_os_error(err),
+            ));
+        }
         // SAFETY: the file is owned by this log's shard, which is the only writer; it is never
         // shrunk while this map exists (every resize drops the map first).
         let map =

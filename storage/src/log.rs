@@ -205,7 +205,13 @@ impl Log {
     pub async fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Rc<Log>> {
         config.validate()?;
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).ctx("creating log directory", &dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).ctx("creating log directory", &dir)?;
+            // The new directory's entry must be durable before files in it are trusted.
+            if let Some(parent) = dir.parent() {
+                checkpoint::sync_dir(parent)?;
+            }
+        }
         crate::dma_probe::ensure_probed(&dir).await?;
         let bases = list_segments(&dir)?;
         let clean = read_clean_shutdown(&dir)?;
@@ -1401,6 +1407,9 @@ impl DiskRead {
             if p + h.total_len() > data.len() {
                 // The first batch is only partly in the window: read it whole.
                 let start = position + p as u64;
+                if start + h.total_len() as u64 > self.limit {
+                    return Err(self.corrupt(start, "batch runs past the readable range"));
+                }
                 let data = self
                     .file
                     .read_at(start, h.total_len())
@@ -1515,6 +1524,11 @@ async fn recover_segment(
     seg.allocated = end.valid_upto;
     if was_sealed {
         seg.seal()?;
+        // The rebuilt indexes must be durable before a recovery point can make them trusted. This
+        // blocks the executor briefly, once per rebuilt segment, at open.
+        for handle in [seg.index.sync_handle()?, seg.time_index.sync_handle()?] {
+            handle.sync_all().ctx("syncing index", &path)?;
+        }
     }
     Ok(cut)
 }

@@ -3,14 +3,17 @@
 //! A scan validates every batch's length, magic, CRC and base offset (it must continue the previous
 //! batch's offsets) and stops at the first byte that is not a valid next batch. It never trusts
 //! zeros or padding: after a crash the tail block can hold stale non-zero bytes from an earlier
-//! write, so only a valid, contiguous batch counts. Reads go through DMA in large aligned windows;
-//! a length field can make the scan read at most the rest of the file, never more.
+//! write, so only a valid, contiguous batch counts. Reads go through DMA in aligned windows of at
+//! most `SCAN_WINDOW_BYTES` plus one block; a batch larger than a window has its CRC checked window
+//! by window, so no length field on disk controls an allocation.
 
 use std::ops::ControlFlow;
 use std::path::Path;
 
 use glommio::io::{DmaFile, ReadResult};
-use mlog_wire::batch::{peek_total_len, RecordBatch, LOG_OVERHEAD};
+use mlog_wire::batch::{
+    peek_total_len, BatchHeader, RecordBatch, ATTRIBUTES_OFFSET, HEADER_LEN, LOG_OVERHEAD,
+};
 
 use crate::error::{IoContext, Result};
 use crate::segment::BatchMeta;
@@ -65,14 +68,22 @@ pub(crate) async fn scan_batches(
                 "batch of {total} bytes runs past the end ({limit})"
             ));
         }
-        let bytes = window
-            .get(file, path, align, position, total as usize, limit)
-            .await?;
-        let batch = match RecordBatch::parse_header_and_crc(bytes) {
-            Ok(b) => b,
-            Err(e) => break Some(e.to_string()),
+        let header = if total as usize <= SCAN_WINDOW_BYTES {
+            let bytes = window
+                .get(file, path, align, position, total as usize, limit)
+                .await?;
+            match RecordBatch::parse_header_and_crc(bytes) {
+                Ok(b) => *b.header(),
+                Err(e) => break Some(e.to_string()),
+            }
+        } else {
+            // Too large to hold at once: check the header, then the CRC window by window, so a
+            // damaged length field can never make the scan allocate more than a window.
+            match check_large_batch(file, path, align, &mut window, position, total, limit).await? {
+                Ok(h) => h,
+                Err(e) => break Some(e),
+            }
         };
-        let header = batch.header();
         if header.base_offset != offset as i64 {
             break Some(format!(
                 "batch base offset {} where {offset} was expected",
@@ -100,6 +111,44 @@ pub(crate) async fn scan_batches(
     })
 }
 
+/// Validates a batch larger than a scan window: header fields, then the CRC computed over windows.
+/// The outer `Result` is an I/O failure, the inner one a reason the batch is invalid.
+async fn check_large_batch(
+    file: &DmaFile,
+    path: &Path,
+    align: u64,
+    window: &mut Window,
+    position: u64,
+    total: u64,
+    limit: u64,
+) -> Result<std::result::Result<BatchHeader, String>> {
+    let head = window
+        .get(file, path, align, position, HEADER_LEN, limit)
+        .await?;
+    let header = match BatchHeader::parse(head) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    if let Err(e) = header.check_fields() {
+        return Ok(Err(e.to_string()));
+    }
+    let mut crc = 0u32;
+    let mut at = position + ATTRIBUTES_OFFSET as u64;
+    let end = position + total;
+    while at < end {
+        let n = ((end - at) as usize).min(SCAN_WINDOW_BYTES / 2);
+        crc = crc32c::crc32c_append(crc, window.get(file, path, align, at, n, limit).await?);
+        at += n as u64;
+    }
+    if crc != header.crc {
+        return Ok(Err(format!(
+            "CRC mismatch: stored {:#010x}, computed {crc:#010x}",
+            header.crc
+        )));
+    }
+    Ok(Ok(header))
+}
+
 /// A cached aligned read of the file.
 #[derive(Default)]
 struct Window {
@@ -118,6 +167,7 @@ impl Window {
         len: usize,
         limit: u64,
     ) -> Result<&[u8]> {
+        debug_assert!(len <= SCAN_WINDOW_BYTES);
         let end = position + len as u64;
         let cached_end = self.start + self.data.len() as u64;
         if position < self.start || end > cached_end {

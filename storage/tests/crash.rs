@@ -229,6 +229,52 @@ fn missing_or_corrupt_indexes_are_rebuilt() {
     });
 }
 
+#[test]
+fn batches_larger_than_the_scan_window_are_validated_and_cut_when_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 64 << 20,
+        max_batch_bytes: 4 << 20,
+        write_buffer_bytes: 1 << 20,
+        ..small_config()
+    };
+    let big = batch(1, 3, 1 << 20, 0); // ~3 MiB: three scan windows
+    let small = batch(2, 1, 10, 0);
+    run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        for b in [&small, &big, &small, &big] {
+            log.append(bytes(b)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        assert_eq!(log.recovery_stats().batches_scanned, 4);
+        assert_eq!(log.log_end_offset(), 8);
+        assert_eq!(log.read(1, 1).await.unwrap().to_vec(), as_stored(&big, 1));
+        log.flush().await.unwrap();
+    });
+    // Flip a bit deep inside the second big batch: recovery keeps the first three batches.
+    let path = segment_log_file(dir.path());
+    let second_big_at = (small.len() + big.len() + small.len()) as u64;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, second_big_at + 2_000_000)
+        .unwrap();
+    file.write_all_at(&[b[0] ^ 0x10], second_big_at + 2_000_000)
+        .unwrap();
+    drop(file);
+    run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 5);
+        assert_eq!(log.read(4, 1).await.unwrap().to_vec(), as_stored(&small, 4));
+    });
+}
+
 // ---- kill -9 of a real writer process ----
 
 const CHILD_ENV: &str = "MLOG_CRASH_CHILD_DIR";

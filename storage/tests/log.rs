@@ -184,13 +184,7 @@ fn retention_deletes_whole_segments_only() {
             .collect();
         assert_eq!(read_all(&log, start, 1 << 16).await, kept);
 
-        // Age: every sealed segment's newest record is older than a far-future cutoff; the active
-        // segment stays.
-        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(10 * 365 * 24 * 3600);
         let log_aged = log;
-        log_aged.enforce_retention(far).await.unwrap();
-        assert!(!log_aged.segment_bases().is_empty());
-
         // delete_before moves the start inside a segment; whole segments below go; it persists.
         let target = log_aged.log_end_offset() - 1;
         log_aged.delete_before(target).await.unwrap();
@@ -379,5 +373,137 @@ fn foreign_files_are_refused_and_temp_files_cleaned() {
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("opened a directory with a foreign file"),
         }
+    });
+}
+
+#[test]
+fn retention_by_age_deletes_only_segments_whose_newest_record_expired() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let hour_ms = 3_600_000i64;
+        let now_ms = 1_800_000_000_000i64;
+        let config = LogConfig {
+            retention_ms: Some(Duration::from_millis(hour_ms as u64)),
+            retention_bytes: None,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), config).await.unwrap();
+        // Three hours of data, one batch a minute, then a few more recent ones.
+        for minute in 0..180i64 {
+            let ts = now_ms - 3 * hour_ms + minute * 60_000;
+            log.append(bytes(&batch(minute as u64, 2, 900, ts)))
+                .await
+                .unwrap();
+        }
+        let before = log.segment_bases().len();
+        assert!(before > 5);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms as u64);
+        let deleted = log.enforce_retention(now).await.unwrap();
+        assert!(
+            deleted > 0 && deleted < before,
+            "deleted {deleted} of {before}"
+        );
+        // Everything still readable is at most about an hour old (whole segments go, so a little
+        // older data may remain in the first kept segment), and nothing younger was deleted.
+        let start = log.log_start_offset();
+        let first = log.read(start, 1).await.unwrap().to_vec();
+        let first_ts = mlog_wire::RecordBatch::parse(&first)
+            .unwrap()
+            .max_timestamp();
+        assert!(
+            first_ts >= now_ms - hour_ms - 30 * 60_000,
+            "kept a batch from {first_ts}"
+        );
+        let cutoff_offset = log
+            .offset_for_timestamp(now_ms - hour_ms)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            start <= cutoff_offset,
+            "deleted records younger than the retention"
+        );
+        // A second pass deletes nothing more.
+        assert_eq!(log.enforce_retention(now).await.unwrap(), 0);
+    });
+}
+
+#[test]
+fn truncate_then_always_appends_and_close_do_not_hang() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush: FlushPolicy::Always,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        append_random(&log, &mut rng, 200, 0).await;
+        log.truncate_suffix(50).await.unwrap();
+        let more = append_random(&log, &mut rng, 200, 0).await;
+        assert!(more[0].0 <= 50);
+        log.truncate_suffix(0).await.unwrap();
+        append_random(&log, &mut rng, 10, 0).await;
+        log.close().await.unwrap();
+        let log = Log::open(dir.path(), config).await.unwrap();
+        assert!(log.recovery_stats().clean_shutdown);
+    });
+}
+
+#[test]
+fn cancelled_appends_leave_the_log_usable() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush: FlushPolicy::Always,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        // Start appends that wait for their sync round, then drop them half-way.
+        for i in 0..20u64 {
+            let l = Rc::clone(&log);
+            let task =
+                glommio::spawn_local(async move { l.append(bytes(&batch(i, 1, 100, 0))).await });
+            futures_lite::future::yield_now().await;
+            drop(task);
+        }
+        let info = log.append(bytes(&batch(99, 1, 100, 0))).await.unwrap();
+        assert!(log.flushed_offset() > info.last_offset);
+        log.close().await.unwrap();
+        let log = Log::open(dir.path(), config).await.unwrap();
+        assert_eq!(log.log_end_offset(), info.last_offset + 1);
+    });
+}
+
+#[test]
+fn close_right_after_a_roll_finishes_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut w = Vec::new();
+        // Append until a roll happens, then close at once.
+        while log.segment_bases().len() < 3 {
+            w.extend(append_random(&log, &mut rng, 1, 0).await);
+        }
+        log.close().await.unwrap();
+        w
+    });
+    // Every sealed segment's file is trimmed to its data.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert!(
+                len <= small_config().segment_bytes,
+                "{} is {len} bytes",
+                path.display()
+            );
+        }
+    }
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.recovery_stats().segments_scanned, 0);
+        assert_eq!(read_all(&log, 0, 1 << 16).await, written);
     });
 }

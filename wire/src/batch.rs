@@ -404,6 +404,19 @@ impl BatchHeader {
         h
     }
 
+    /// Checks the header fields that need no payload: magic, record count and offset deltas, and the
+    /// compression codec. Returns the codec. With the CRC (checked over
+    /// `[ATTRIBUTES_OFFSET, total_len)`, e.g. incrementally) this is what
+    /// [`RecordBatch::parse_header_and_crc`] validates; it lets a reader check a batch too large to
+    /// hold in memory at once.
+    pub fn check_fields(&self) -> Result<Compression, BatchError> {
+        if self.magic != MAGIC {
+            return Err(BatchError::UnsupportedMagic(self.magic));
+        }
+        check_offsets(self)?;
+        self.compression()
+    }
+
     /// The batch's total size in bytes, `batchLength + LOG_OVERHEAD`.
     ///
     /// Only meaningful when `batch_length` is valid, which a [`RecordBatch`]
@@ -571,8 +584,7 @@ impl<'a> RecordBatch<'a> {
                 computed,
             });
         }
-        check_offsets(&header)?;
-        let compression = header.compression()?;
+        let compression = header.check_fields()?;
         Ok(Self {
             header,
             compression,
