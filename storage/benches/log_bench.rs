@@ -2,7 +2,10 @@
 //! same disk, measured in the same run, reported as medians of several runs and as ratios.
 //!
 //! Run: `cargo bench -p mlog-storage --bench log_bench` (options after `--`: `--runs N`,
-//! `--dir DIR` for the disk to measure, `--quick` for a short smoke run).
+//! `--dir DIR` for the disk to measure, `--quick` for a short smoke run, `--only TEXT` to run the
+//! measurements whose name contains TEXT). Tuning experiments override the log's defaults with the
+//! environment variables `WB` (write_buffer_bytes), `WIF` (max_writes_in_flight), `PREALLOC`
+//! (preallocate_bytes) and `IOMEM` (glommio io_memory).
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -20,6 +23,8 @@ struct Opts {
     runs: usize,
     dir: PathBuf,
     quick: bool,
+    /// Only measurements whose name contains this.
+    only: Option<String>,
 }
 
 fn parse_opts() -> Opts {
@@ -27,6 +32,7 @@ fn parse_opts() -> Opts {
         runs: 3,
         dir: std::env::temp_dir(),
         quick: false,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -34,6 +40,7 @@ fn parse_opts() -> Opts {
             "--runs" => opts.runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--dir" => opts.dir = args.next().map(PathBuf::from).expect("--dir DIR"),
             "--quick" => opts.quick = true,
+            "--only" => opts.only = args.next(),
             _ => {} // cargo passes --bench
         }
     }
@@ -117,6 +124,7 @@ async fn append_mb_s(
         max_batch_bytes: 2 << 20,
         write_buffer_bytes: env("WB").unwrap_or(defaults.write_buffer_bytes),
         max_writes_in_flight: env("WIF").unwrap_or(defaults.max_writes_in_flight),
+        preallocate_bytes: env("PREALLOC").map_or(defaults.preallocate_bytes, |v| v as u64),
         ..defaults
     };
     let log = Log::open(log_dir.path(), config).await.expect("open log");
@@ -214,7 +222,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let opts = parse_opts();
+    let io_memory = std::env::var("IOMEM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10 << 20);
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(io_memory)
         .make()
         .expect("glommio executor");
     ex.run(async move {
@@ -236,12 +249,15 @@ fn main() {
                 let batch = make_batch(size);
                 for flush in [FlushPolicy::Never, FlushPolicy::Always] {
                     for &n in &appenders {
-                        let r = append_mb_s(dir, &batch, n, flush, total, max_time).await;
                         let name = format!(
                             "append flush={} batch={size_name} appenders={n}",
                             if flush == FlushPolicy::Never { "never" } else { "always" }
                         );
-                        if rows.len() <= i {
+                        if opts.only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+                            continue;
+                        }
+                        let r = append_mb_s(dir, &batch, n, flush, total, max_time).await;
+                                if rows.len() <= i {
                             rows.push((name, Vec::new(), Vec::new()));
                         }
                         rows[i].1.push(r.mb_s);
@@ -249,6 +265,9 @@ fn main() {
                         i += 1;
                     }
                 }
+            }
+            if opts.only.as_ref().is_some_and(|o| !"read".contains(o.as_str())) {
+                continue;
             }
             let (cached, cold) = read_mb_s(dir, &make_batch(16 << 10), total.min(256 << 20)).await;
             for (name, v) in [("read cached batch=16 KiB", cached), ("read cold (disk) batch=16 KiB", cold)] {

@@ -36,8 +36,10 @@ pub struct LogConfig {
     pub max_writes_in_flight: usize,
     /// Recently appended batches kept in memory so tail reads never touch the disk.
     pub batch_cache_bytes: usize,
-    /// Segment files are extended with `fallocate` in steps of this size, so a full disk is
-    /// reported before data is accepted and syncs do not have to grow the file.
+    /// Segment files are extended with `fallocate` in steps of this size (capped by `segment_bytes`),
+    /// so a full disk is reported before data is accepted and syncs do not have to grow the file.
+    /// Each step drains the in-flight DMA writes (ext4 waits for them before changing extents), so
+    /// small steps cost throughput: 32 MiB steps measured ~0.75-0.85 of raw, 256 MiB ~0.95.
     pub preallocate_bytes: u64,
     /// Delete the oldest segments while the log is larger than this.
     pub retention_bytes: Option<u64>,
@@ -58,7 +60,7 @@ impl Default for LogConfig {
             write_buffer_bytes: 1 << 20,
             max_writes_in_flight: 8,
             batch_cache_bytes: 16 << 20,
-            preallocate_bytes: 32 << 20,
+            preallocate_bytes: 128 << 20,
             retention_bytes: None,
             retention_ms: Some(Duration::from_secs(7 * 24 * 3600)),
             flush: FlushPolicy::Always,
