@@ -507,3 +507,27 @@ fn close_right_after_a_roll_finishes_every_segment() {
         assert_eq!(read_all(&log, 0, 1 << 16).await, written);
     });
 }
+
+#[test]
+fn interval_policy_flushes_in_the_background() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush: FlushPolicy::Interval(Duration::from_millis(20)),
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), config).await.unwrap();
+        let info = log.append(bytes(&batch(1, 3, 100, 0))).await.unwrap();
+        // Buffered, not yet durable: only the timer can make it so.
+        assert_eq!(log.flushed_offset(), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.flushed_offset() <= info.last_offset {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the interval flusher never ran"
+            );
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(log.sync_count(), 1);
+    });
+}
