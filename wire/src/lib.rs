@@ -14,11 +14,14 @@
 //!   record iterator ([`RecordIter`]), builder ([`RecordBatchBuilder`]) and
 //!   the in-place rewrites a broker performs on append
 //!   ([`set_base_offset`], [`set_partition_leader_epoch`]).
+//! * [`protocol`]: the mlog binary protocol — frames, error codes, and the
+//!   request and response of every API (`docs/protocol.md`).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod protocol;
 pub mod varint;
 
 pub use batch::{
