@@ -1,0 +1,208 @@
+//! Broker configuration: defaults, overridden by a TOML file, overridden by `MLOG_*` environment
+//! variables, overridden by command-line flags. `mlog-broker` alone runs a single node on
+//! 127.0.0.1:9092 with its data in `./mlog-data`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Everything the broker runs with, after merging all sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Address every shard listens on (`SO_REUSEPORT`: the kernel spreads connections). Port 0 picks
+    /// a free port, which the broker logs.
+    pub listen: SocketAddr,
+    /// Directory holding all data; locked for exclusive use.
+    pub data_dir: PathBuf,
+    /// Shards (one glommio executor pinned to one core each).
+    pub shards: usize,
+    /// Largest frame a peer may send; larger length fields close the connection.
+    pub max_frame_bytes: usize,
+    /// Microseconds an idle shard spins before parking (0: park at once, no busy-spinning).
+    pub spin_before_park_us: u64,
+    /// I/O memory each shard registers with io_uring (counts against `RLIMIT_MEMLOCK`).
+    pub io_memory_bytes: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            data_dir: PathBuf::from("mlog-data"),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_frame_bytes: mlog_wire::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            spin_before_park_us: 0,
+            io_memory_bytes: 2 << 20,
+        }
+    }
+}
+
+/// The TOML file: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    shards: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    spin_before_park_us: Option<u64>,
+    io_memory_bytes: Option<usize>,
+}
+
+/// Command line (each flag also reads its `MLOG_*` environment variable).
+#[derive(Debug, Parser)]
+#[command(
+    name = "mlog-broker",
+    version,
+    about = "The mlog broker: a thread-per-core commit log.",
+    after_help = "Examples:\n  mlog-broker\n  mlog-broker --listen 0.0.0.0:9092 --data-dir /var/lib/mlog --shards 4\n  mlog-broker --config /etc/mlog/broker.toml"
+)]
+pub struct Args {
+    /// TOML configuration file (keys: listen, data_dir, shards, max_frame_bytes,
+    /// spin_before_park_us, io_memory_bytes).
+    #[arg(long, env = "MLOG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:9092].
+    #[arg(long, env = "MLOG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: ./mlog-data].
+    #[arg(long, env = "MLOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards [default: number of cores].
+    #[arg(long, env = "MLOG_SHARDS")]
+    pub shards: Option<usize>,
+    /// Largest accepted frame in bytes [default: 64 MiB].
+    #[arg(long, env = "MLOG_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Spin this many microseconds before parking an idle shard [default: 0].
+    #[arg(long, env = "MLOG_SPIN_BEFORE_PARK_US")]
+    pub spin_before_park_us: Option<u64>,
+    /// io_uring I/O memory per shard in bytes [default: 2 MiB].
+    #[arg(long, env = "MLOG_IO_MEMORY_BYTES")]
+    pub io_memory_bytes: Option<usize>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(&'static str),
+}
+
+impl BrokerConfig {
+    /// Merges defaults, the file named by `args.config`, and the flags/environment in `args`.
+    pub fn load(args: &Args) -> Result<BrokerConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let d = BrokerConfig::default();
+        let config = BrokerConfig {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir),
+            shards: args.shards.or(file.shards).unwrap_or(d.shards),
+            max_frame_bytes: args
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(d.max_frame_bytes),
+            spin_before_park_us: args
+                .spin_before_park_us
+                .or(file.spin_before_park_us)
+                .unwrap_or(d.spin_before_park_us),
+            io_memory_bytes: args
+                .io_memory_bytes
+                .or(file.io_memory_bytes)
+                .unwrap_or(d.io_memory_bytes),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards == 0 || self.shards > u16::MAX as usize {
+            return Err(ConfigError::Invalid("shards must be between 1 and 65535"));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_frame_bytes must be at least 1024",
+            ));
+        }
+        if self.io_memory_bytes < 64 << 10 {
+            return Err(ConfigError::Invalid(
+                "io_memory_bytes must be at least 65536",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("mlog-broker").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:7000\"\nshards = 3\n").unwrap();
+        let c = BrokerConfig::load(&args(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--shards",
+            "2",
+        ]))
+        .unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 7000)));
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.data_dir, PathBuf::from("mlog-data"));
+    }
+
+    #[test]
+    fn bad_files_and_values_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let err = BrokerConfig::load(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        assert!(BrokerConfig::load(&args(&["--shards", "0"])).is_err());
+        assert!(BrokerConfig::load(&args(&["--config", "/nonexistent/broker.toml"])).is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! One client connection: read whole frames, answer each in order, close on broken framing.
+//!
+//! The read buffer grows only as far as the frame being read, and a frame's length is checked
+//! against `max_frame_bytes` before any of it is buffered, so a peer cannot make the broker
+//! allocate more than that. A frame whose length field is out of range breaks framing: the
+//! connection is closed (only this one). A frame that is whole but undecodable gets an
+//! `InvalidRequest` answer and the connection goes on.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use mlog_wire::protocol::frame::{check_frame, REQUEST_HEADER_BYTES};
+
+use crate::dispatch;
+use crate::shard::{ShardContext, STOP_POLL};
+
+/// Bytes read from the socket at a time while no frame length is known.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// How long a stopping broker waits for a half-received frame.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<ShardContext>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut out = BytesMut::new();
+    loop {
+        match check_frame(&buf, REQUEST_HEADER_BYTES, ctx.config.max_frame_bytes) {
+            Ok(Some(n)) => {
+                let frame = buf.split_to(n).freeze();
+                out.clear();
+                dispatch::handle(&ctx, &frame, &mut out).await;
+                if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                if ctx.stopping() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                if !read_more(&mut stream, &mut buf, &ctx).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(shard = ctx.id, %peer, error = %e, "closing connection: broken framing");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads at least one byte into `buf`; false when the peer closed, the read failed, or the broker
+/// is stopping while this connection is idle.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &ShardContext) -> bool {
+    let start = buf.len();
+    // A known frame length says how much to read; check_frame already bounded it.
+    let want = match buf.first_chunk::<4>() {
+        Some(len) => (u32::from_be_bytes(*len) as usize + 4 - start).max(1),
+        None => READ_CHUNK_BYTES,
+    };
+    buf.resize(start + want, 0);
+    let read = future::or(
+        async { Some(stream.read(&mut buf[start..]).await) },
+        async {
+            while !ctx.stopping() {
+                glommio::timer::sleep(STOP_POLL).await;
+            }
+            // Stopping: an idle connection closes now, one in the middle of a frame gets a moment to
+            // finish sending it.
+            if start > 0 {
+                glommio::timer::sleep(STOP_GRACE).await;
+            }
+            None
+        },
+    )
+    .await;
+    match read {
+        Some(Ok(n)) if n > 0 => {
+            buf.truncate(start + n);
+            true
+        }
+        _ => {
+            buf.truncate(start);
+            false
+        }
+    }
+}

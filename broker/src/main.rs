@@ -1,0 +1,126 @@
+//! `mlog-broker`: starts one shard per core, serves until SIGINT or SIGTERM, then drains and exits 0.
+//!
+//! Exit codes: 0 after a clean stop, 1 when a shard failed, 2 for a configuration or startup error
+//! (bad flag or file, data directory or port in use), each reported as one line on stderr.
+
+mod config;
+mod connection;
+mod dispatch;
+mod node;
+mod shard;
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::{Args, BrokerConfig};
+
+/// How long startup waits for a shard to report its listener.
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Event {
+    Signal(i32),
+    ShardExited(usize),
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MLOG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    std::process::exit(match run(&args) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("mlog-broker: {message}");
+            2
+        }
+    });
+}
+
+fn run(args: &Args) -> Result<i32, String> {
+    let config = BrokerConfig::load(args).map_err(|e| e.to_string())?;
+    let _lock = node::lock_data_dir(&config.data_dir).map_err(|e| e.to_string())?;
+    node::check_port_free(config.listen).map_err(|e| e.to_string())?;
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (events_tx, events) = mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    {
+        let tx = events_tx.clone();
+        std::thread::spawn(move || {
+            for s in signals.forever() {
+                if tx.send(Event::Signal(s)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    // Shard 0 binds first, so that with port 0 the others join the port it was given.
+    let mut listen = config.listen;
+    let mut handles = Vec::new();
+    for id in 0..config.shards {
+        let (bound_tx, bound) = mpsc::channel();
+        let handle = shard::spawn(id, config.clone(), listen, stopping.clone(), bound_tx)
+            .map_err(|e| format!("starting shard {id}: {e}"))?;
+        let addr = match bound.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(message)) => return Err(stop_all(&stopping, handles, message)),
+            Err(_) => {
+                return Err(stop_all(
+                    &stopping,
+                    handles,
+                    format!("shard {id} did not start"),
+                ))
+            }
+        };
+        listen = addr;
+        let tx = events_tx.clone();
+        handles.push(std::thread::spawn(move || {
+            let _ = handle.join();
+            let _ = tx.send(Event::ShardExited(id));
+        }));
+    }
+    tracing::info!(address = %listen, shards = config.shards, data_dir = %config.data_dir.display(), "mlog-broker listening");
+
+    let code = match events.recv() {
+        Ok(Event::Signal(s)) => {
+            tracing::info!(signal = s, "stopping: draining connections");
+            0
+        }
+        Ok(Event::ShardExited(id)) => {
+            tracing::error!(shard = id, "shard exited unexpectedly; stopping the broker");
+            1
+        }
+        Err(_) => 1,
+    };
+    stopping.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("mlog-broker stopped");
+    Ok(code)
+}
+
+/// Stops the shards already started and returns `message` for the caller to report.
+fn stop_all(
+    stopping: &AtomicBool,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    message: String,
+) -> String {
+    stopping.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.join();
+    }
+    message
+}

@@ -1,0 +1,104 @@
+//! What makes a broker process the only owner of its data directory and port.
+//!
+//! glommio sets `SO_REUSEPORT` on every listener so that all shards can accept on one port; the same
+//! flag would let a second broker bind that port silently and take half the connections. So before
+//! any shard binds, the broker takes an exclusive lock on `<data_dir>/.lock` (held for the life of
+//! the process, released by the kernel even on `kill -9`) and checks that no other socket serves the
+//! port (a plain bind without `SO_REUSEPORT` fails if one does).
+
+use std::fs::{File, TryLockError};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+/// Why the broker refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another mlog-broker process")]
+    DataDirInUse(PathBuf),
+    /// Something else serves the port.
+    #[error("address {0} is already in use by another process")]
+    AddressInUse(SocketAddr),
+    /// An I/O error while preparing.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path or address involved.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The exclusive lock on a data directory; released when dropped or when the process dies.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Creates `dir` if needed and locks it for this process.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StartError> {
+    let io = |op, source| StartError::Io {
+        op,
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("creating data directory", e))?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(|e| io("opening lock file in", e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(TryLockError::WouldBlock) => Err(StartError::DataDirInUse(dir.to_path_buf())),
+        Err(TryLockError::Error(e)) => Err(io("locking", e)),
+    }
+}
+
+/// Fails if another socket already serves `addr` (port 0 is always free).
+pub fn check_port_free(addr: SocketAddr) -> Result<(), StartError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match TcpListener::bind(addr) {
+        Ok(_probe) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError::AddressInUse(addr)),
+        Err(e) => Err(StartError::Io {
+            op: "binding",
+            path: addr.to_string(),
+            source: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_dir(dir.path()).unwrap();
+        assert!(matches!(
+            lock_data_dir(dir.path()),
+            Err(StartError::DataDirInUse(_))
+        ));
+        drop(first);
+        lock_data_dir(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_served_port_is_refused() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        assert!(matches!(
+            check_port_free(addr),
+            Err(StartError::AddressInUse(_))
+        ));
+        drop(held);
+        check_port_free(addr).unwrap();
+    }
+}
