@@ -138,9 +138,13 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("syncing directory", dir)
 }
 
+/// A temp name no other write uses: a write whose caller was cancelled may still be running on
+/// the blocking pool, and two writes must never share a temp file.
 fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut s = path.as_os_str().to_owned();
-    s.push(TMP_SUFFIX);
+    s.push(format!(".{}-{n}{TMP_SUFFIX}", std::process::id()));
     PathBuf::from(s)
 }
 

@@ -72,6 +72,12 @@ impl IndexFile {
         }
     }
 
+    /// Entries readable now: never more than the map holds, even after a failed resize left it
+    /// unmapped.
+    fn count(&self) -> usize {
+        self.entries.min(self.bytes().len() / self.entry_bytes)
+    }
+
     fn entry(&self, i: usize) -> &[u8] {
         let at = i * self.entry_bytes;
         &self.bytes()[at..at + self.entry_bytes]
@@ -160,7 +166,7 @@ impl IndexFile {
 
     /// Binary search: the last entry `i` with `key(i) <= target`, if any.
     fn last_at_or_below<K: Ord>(&self, target: K, key: impl Fn(&[u8]) -> K) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.entries);
+        let (mut lo, mut hi) = (0, self.count());
         while lo < hi {
             let mid = (lo + hi) / 2;
             if key(self.entry(mid)) <= target {
@@ -222,12 +228,12 @@ impl OffsetIndex {
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.0.entries
+        self.0.count()
     }
 
     /// True when the index has no entries.
     pub fn is_empty(&self) -> bool {
-        self.0.entries == 0
+        self.0.count() == 0
     }
 
     /// Entry `i`.
@@ -322,12 +328,12 @@ impl TimeIndex {
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.0.entries
+        self.0.count()
     }
 
     /// True when the index has no entries.
     pub fn is_empty(&self) -> bool {
-        self.0.entries == 0
+        self.0.count() == 0
     }
 
     /// Entry `i`.

@@ -225,6 +225,28 @@ impl Log {
             clean_shutdown: clean.is_some(),
             ..RecoveryStats::default()
         };
+        // An empty segment that is not the last one can only be left by a roll that failed before
+        // any append reached it: it holds nothing and must not break the offset sequence.
+        let bases: Vec<u64> = match bases.split_last() {
+            Some((last, rest)) => {
+                let mut kept = Vec::with_capacity(bases.len());
+                for &b in rest {
+                    let log = segment::file_path(&dir, b, segment::LOG_SUFFIX);
+                    if std::fs::metadata(&log)
+                        .ctx("reading segment size", &log)?
+                        .len()
+                        == 0
+                    {
+                        remove_segment_files(&dir, b)?;
+                    } else {
+                        kept.push(b);
+                    }
+                }
+                kept.push(*last);
+                kept
+            }
+            None => bases,
+        };
         let bases = if bases.is_empty() {
             vec![log_start]
         } else {
@@ -498,26 +520,43 @@ impl Log {
         Ok(())
     }
 
+    /// Creates an empty segment at `base`, ready for appends.
+    async fn new_active_segment(&self, base: u64) -> Result<Segment> {
+        // Files left by an earlier failed attempt at this base must not lend it stale entries.
+        remove_segment_files(&self.dir, base)?;
+        let mut seg = Segment::open(&self.dir, base, self.config.index_max_bytes, true).await?;
+        let appender = Appender::new(
+            seg.file.clone(),
+            seg.log_path.clone(),
+            0,
+            self.config.write_buffer_bytes,
+        )
+        .await?;
+        seg.appender = Some(appender);
+        Ok(seg)
+    }
+
     /// Seals the active segment and starts a new one at the log end. Must hold `append_lock`.
     async fn roll(&self) -> Result<()> {
         let new_base = self.st.borrow().log_end;
-        let mut seg = Segment::open(&self.dir, new_base, self.config.index_max_bytes, true).await?;
-        seg.appender = Some(
-            Appender::new(
-                seg.file.clone(),
-                seg.log_path.clone(),
-                0,
-                self.config.write_buffer_bytes,
-            )
-            .await?,
-        );
+        let seg = match self.new_active_segment(new_base).await {
+            Ok(seg) => seg,
+            Err(e) => {
+                // Leave no empty segment behind for a later open to trip over.
+                let _ = remove_segment_files(&self.dir, new_base);
+                return Err(e);
+            }
+        };
         {
             let mut st = self.st.borrow_mut();
             let active = st.active_mut();
             if let Some(a) = active.appender.as_mut() {
                 a.submit_tail();
             }
-            active.seal()?;
+            if let Err(e) = active.seal() {
+                st.failed.get_or_insert_with(|| e.to_string());
+                return Err(e);
+            }
             st.segments.insert(new_base, seg);
         }
         // Sync the sealed segment now, so unsynced segments (and their buffers) never pile up. A
@@ -675,10 +714,14 @@ impl Log {
                 }
             }
         };
-        match new_recovery_point {
-            Some(_) => self.persist(Kind::RecoveryPoint).await,
-            None => Ok(()),
+        if new_recovery_point.is_some() {
+            // The round is durable whatever happens here: a stale recovery point only means more
+            // scanning after a crash, so a failure is logged, not reported as a failed flush.
+            if let Err(e) = self.persist(Kind::RecoveryPoint).await {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery point failed");
+            }
         }
+        Ok(())
     }
 
     /// Syncs sealed segments (trimming their files and indexes) then the active one. Returns whether a
@@ -846,7 +889,7 @@ impl Log {
             return Ok(());
         }
         if offset <= log_start {
-            return self.fail_on_error(self.restart_at(offset).await);
+            return self.restart_guarded(offset).await;
         }
         let (file, path, keep_base, from, limit) =
             {
@@ -889,14 +932,28 @@ impl Log {
             // The offset lies past this segment's data (it ends the segment): nothing to cut here.
             (None, None) => (limit, end_offset_of(&self.st.borrow(), keep_base)),
         };
+        if new_end <= log_start {
+            // The cut batch starts below the log start: nothing readable would remain.
+            return self.restart_guarded(offset).await;
+        }
         {
             let mut st = self.st.borrow_mut();
             st.recovery_point = st.recovery_point.min(keep_base);
         }
         self.persist(Kind::RecoveryPoint).await?;
+        let guard = FailUnlessDone(self);
         let outcome = self
             .cut_segments(keep_base, cut_position, new_end, file, path)
             .await;
+        guard.done();
+        self.fail_on_error(outcome)
+    }
+
+    /// `restart_at`, failing the log if it errs or is dropped half-way.
+    async fn restart_guarded(&self, offset: u64) -> Result<()> {
+        let guard = FailUnlessDone(self);
+        let outcome = self.restart_at(offset).await;
+        guard.done();
         self.fail_on_error(outcome)
     }
 
@@ -927,14 +984,21 @@ impl Log {
             st.epochs.retain(|e| e.start_offset < new_end);
             doomed
         };
-        for b in &doomed {
-            remove_segment_files(&self.dir, *b)?;
-        }
-        checkpoint::sync_dir(&self.dir)?;
+        // Cut the kept file first: a crash before the unlinks below reopens (from the lowered recovery
+        // point) to exactly the new log, since later segments no longer continue it.
         file.truncate(cut_position)
             .await
             .ctx("truncating segment", &path)?;
         file.fdatasync().await.ctx("fdatasync", &path)?;
+        // Every segment file past the kept one goes, including any a failed roll left behind.
+        for b in segment_bases_on_disk(&self.dir)?
+            .into_iter()
+            .filter(|b| *b > keep_base)
+        {
+            remove_segment_files(&self.dir, b)?;
+        }
+        debug_assert!(doomed.iter().all(|b| *b > keep_base));
+        checkpoint::sync_dir(&self.dir)?;
         // Rebuild the kept segment's metadata and indexes from what is left.
         let mut rebuilt = Vec::new();
         scan_batches(&file, &path, 0, keep_base, cut_position, |meta, pos| {
@@ -1004,21 +1068,11 @@ impl Log {
             st.recovery_point = st.recovery_point.min(offset);
         }
         self.persist(Kind::RecoveryPoint).await?;
-        let doomed: Vec<u64> = self.st.borrow().segments.keys().copied().collect();
-        for b in &doomed {
-            remove_segment_files(&self.dir, *b)?;
+        for b in segment_bases_on_disk(&self.dir)? {
+            remove_segment_files(&self.dir, b)?;
         }
         checkpoint::sync_dir(&self.dir)?;
-        let mut seg = Segment::open(&self.dir, offset, self.config.index_max_bytes, true).await?;
-        seg.appender = Some(
-            Appender::new(
-                seg.file.clone(),
-                seg.log_path.clone(),
-                0,
-                self.config.write_buffer_bytes,
-            )
-            .await?,
-        );
+        let seg = self.new_active_segment(offset).await?;
         {
             let mut st = self.st.borrow_mut();
             st.segments.clear();
@@ -1330,8 +1384,34 @@ struct RoundGuard<'a>(&'a Log);
 
 impl Drop for RoundGuard<'_> {
     fn drop(&mut self) {
-        self.0.st.borrow_mut().syncs_running -= 1;
+        let mut st = self.0.st.borrow_mut();
+        st.syncs_running -= 1;
+        if st.syncs_running == 0 {
+            // A round dropped half-way covered nothing: waiters must not count on it.
+            st.sync_covering = st.flushed;
+        }
+        drop(st);
         self.0.sync_done.notify(usize::MAX);
+    }
+}
+
+/// Fails the log if dropped before `done`: a destructive change (truncation) interrupted half-way
+/// leaves memory and files disagreeing, and only a reopen reconciles them.
+struct FailUnlessDone<'a>(&'a Log);
+
+impl FailUnlessDone<'_> {
+    fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for FailUnlessDone<'_> {
+    fn drop(&mut self) {
+        self.0
+            .st
+            .borrow_mut()
+            .failed
+            .get_or_insert_with(|| "a truncation was interrupted".into());
     }
 }
 
@@ -1554,8 +1634,25 @@ fn spawn_interval_flusher(log: Weak<Log>, every: Duration) {
     .detach();
 }
 
-/// Lists segment base offsets, removing leftover temp files and orphan indexes, and refusing files
-/// the log does not know.
+/// Lists segment base offsets (of `.log` files), ignoring everything else.
+fn segment_bases_on_disk(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx("listing log directory", dir)? {
+        let entry = entry.ctx("listing log directory", dir)?;
+        if let Some((base, segment::LOG_SUFFIX)) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_file_name)
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// At open: lists segment base offsets, removing leftover temp files and orphan indexes, and
+/// refusing files the log does not know.
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let mut logs = Vec::new();
     let mut indexes = Vec::new();

@@ -531,3 +531,58 @@ fn interval_policy_flushes_in_the_background() {
         assert_eq!(log.sync_count(), 1);
     });
 }
+
+#[test]
+fn a_dropped_flush_does_not_hang_later_flushes_or_close() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        log.append(bytes(&batch(1, 1, 10, 0))).await.unwrap();
+        // Start a flush and drop it half-way (it yields before syncing).
+        assert!(futures_lite::future::poll_once(log.flush()).await.is_none());
+        log.flush().await.unwrap();
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncating_inside_the_batch_that_holds_the_log_start_restarts_the_log() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        log.append(bytes(&batch(1, 10, 10, 0))).await.unwrap(); // offsets 0..9
+        log.append(bytes(&batch(2, 10, 10, 0))).await.unwrap(); // offsets 10..19
+        log.delete_before(15).await.unwrap();
+        log.truncate_suffix(17).await.unwrap();
+        assert!(log.log_end_offset() >= log.log_start_offset());
+        assert_eq!(log.log_end_offset(), 17);
+        let info = log.append(bytes(&batch(3, 2, 10, 0))).await.unwrap();
+        assert_eq!(info.base_offset, 17);
+    });
+}
+
+#[test]
+fn an_empty_segment_left_by_a_failed_roll_is_ignored_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let w = append_random(&log, &mut rng, 300, 0).await;
+        log.close().await.unwrap();
+        w
+    });
+    // An empty segment file whose base lies inside an existing segment.
+    let bases: Vec<u64> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log").map(|b| b.parse().unwrap())
+        })
+        .collect();
+    let inside = bases.iter().min().unwrap() + 1;
+    std::fs::write(dir.path().join(format!("{inside:020}.log")), b"").unwrap();
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(read_all(&log, 0, 1 << 16).await, written);
+    });
+}
