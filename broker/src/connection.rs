@@ -15,14 +15,14 @@ use glommio::net::TcpStream;
 use mlog_wire::protocol::frame::{check_frame, REQUEST_HEADER_BYTES};
 
 use crate::dispatch;
-use crate::shard::{ShardContext, STOP_POLL};
+use crate::shard::{Shard, STOP_POLL};
 
 /// Bytes read from the socket at a time while no frame length is known.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// How long a stopping broker waits for a half-received frame.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<ShardContext>) {
+pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -49,7 +49,7 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<ShardContext>) {
                 }
             }
             Err(e) => {
-                tracing::warn!(shard = ctx.id, %peer, error = %e, "closing connection: broken framing");
+                tracing::warn!(shard = ctx.id(), %peer, error = %e, "closing connection: broken framing");
                 return;
             }
         }
@@ -58,7 +58,7 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<ShardContext>) {
 
 /// Reads at least one byte into `buf`; false when the peer closed, the read failed, or the broker
 /// is stopping while this connection is idle.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &ShardContext) -> bool {
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &Shard) -> bool {
     let start = buf.len();
     // A known frame length says how much to read; check_frame already bounded it.
     let want = match buf.first_chunk::<4>() {

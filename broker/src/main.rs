@@ -6,8 +6,10 @@
 mod config;
 mod connection;
 mod dispatch;
+mod mesh;
 mod node;
 mod shard;
+mod topics;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,10 +71,18 @@ fn run(args: &Args) -> Result<i32, String> {
     // Shard 0 binds first, so that with port 0 the others join the port it was given.
     let mut listen = config.listen;
     let mut handles = Vec::new();
+    let mesh = mesh::Builder::full(config.shards, mesh::CHANNEL_CAPACITY);
     for id in 0..config.shards {
         let (bound_tx, bound) = mpsc::channel();
-        let handle = shard::spawn(id, config.clone(), listen, stopping.clone(), bound_tx)
-            .map_err(|e| format!("starting shard {id}: {e}"))?;
+        let handle = shard::spawn(
+            id,
+            config.clone(),
+            listen,
+            mesh.clone(),
+            stopping.clone(),
+            bound_tx,
+        )
+        .map_err(|e| format!("starting shard {id}: {e}"))?;
         let addr = match bound.recv_timeout(SHARD_START_TIMEOUT) {
             Ok(Ok(addr)) => addr,
             Ok(Err(message)) => return Err(stop_all(&stopping, handles, message)),

@@ -1,90 +1,355 @@
-//! One shard: a glommio executor pinned to a core, with its own listener on the broker's port.
+//! One shard: a glommio executor pinned to a core, with its own listener on the broker's port, its
+//! share of the partitions, and its end of the shard mesh.
 //!
 //! Every shard accepts connections itself (`SO_REUSEPORT`: the kernel spreads them) and serves them
-//! on its executor; nothing is shared between shards but the stop flag. A shard never busy-spins
-//! unless `spin_before_park_us` asks for it.
+//! on its executor. A shard owns the partitions that `topics::owner` assigns to its id and is the only
+//! one to touch their logs. A shard never busy-spins unless `spin_before_park_us` asks for it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
+use mlog_storage::Log;
+use mlog_wire::protocol::messages::{NewTopic, TopicResult};
+use mlog_wire::protocol::ErrorCode;
 
 use crate::config::BrokerConfig;
 use crate::connection;
+use crate::mesh::{self, Mesh, Op, Reply};
+use crate::topics::{self, TopicRecord, TopicTable};
 
 /// How often idle loops look at the stop flag.
 pub(crate) const STOP_POLL: Duration = Duration::from_millis(50);
+/// The shard that changes the topic table.
+pub(crate) const CONTROLLER: usize = 0;
 
-/// What a shard needs to serve requests.
-pub(crate) struct ShardContext {
-    pub id: usize,
+/// A partition: `(topic, index)`.
+pub(crate) type PartitionKey = (String, u32);
+
+/// Everything one shard owns.
+pub(crate) struct Shard {
     pub config: BrokerConfig,
     pub stopping: Arc<AtomicBool>,
+    pub mesh: Mesh,
+    /// The address clients reach this broker at.
+    pub endpoint: SocketAddr,
+    /// The newest topic table this shard applied.
+    pub topics: RefCell<Rc<TopicTable>>,
+    /// Logs of the partitions this shard owns.
+    pub partitions: RefCell<HashMap<PartitionKey, Rc<Log>>>,
+    /// Table applications run one at a time, in revision order.
+    apply_lock: Semaphore,
+    /// (Controller) one topic change at a time.
+    change_lock: Semaphore,
 }
 
-impl ShardContext {
+impl Shard {
+    pub(crate) fn id(&self) -> usize {
+        self.mesh.id
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
+
+    /// Runs an operation another shard (or this one) asked for.
+    pub(crate) async fn run_op(self: &Rc<Self>, op: Op) -> Reply {
+        match op {
+            Op::ApplyTable(table) => {
+                self.apply(table).await;
+                Reply::Applied
+            }
+            Op::Create(topics) => Reply::TopicResults(self.create_topics(topics).await),
+            Op::Delete(names) => Reply::TopicResults(self.delete_topics(names).await),
+        }
+    }
+
+    /// Applies the table read from disk at start, whatever its revision.
+    async fn apply_initial(&self, table: TopicTable) {
+        self.apply_table(table, true).await;
+    }
+
+    /// Applies `table` if it is newer: opens the logs of partitions this shard now owns, closes and
+    /// deletes those of topics that are gone.
+    pub(crate) async fn apply(&self, table: TopicTable) {
+        self.apply_table(table, false).await;
+    }
+
+    async fn apply_table(&self, table: TopicTable, initial: bool) {
+        let Ok(_permit) = self.apply_lock.acquire_permit(1).await else {
+            return;
+        };
+        if !initial && table.revision <= self.topics.borrow().revision {
+            return;
+        }
+        let wanted: Vec<PartitionKey> = table
+            .topics
+            .iter()
+            .flat_map(|t| (0..t.partitions).map(move |p| (t.name.clone(), p)))
+            .filter(|(t, p)| topics::owner(t, *p, self.mesh.shards) == self.id())
+            .collect();
+        let gone: Vec<PartitionKey> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(|k| table.get(&k.0).is_none_or(|t| k.1 >= t.partitions))
+            .cloned()
+            .collect();
+        for key in gone {
+            let log = self.partitions.borrow_mut().remove(&key);
+            if let Some(log) = log {
+                let _ = log.close().await;
+            }
+            let dir = self.partition_dir(&key);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a deleted partition failed");
+            }
+        }
+        for key in wanted {
+            if self.partitions.borrow().contains_key(&key) {
+                continue;
+            }
+            let Some(record) = table.get(&key.0) else {
+                continue;
+            };
+            match self.open_partition(&key, record).await {
+                Ok(log) => {
+                    self.partitions.borrow_mut().insert(key, log);
+                }
+                Err(e) => {
+                    tracing::error!(topic = %key.0, partition = key.1, error = %e, "opening partition failed")
+                }
+            }
+        }
+        *self.topics.borrow_mut() = Rc::new(table);
+    }
+
+    async fn open_partition(
+        &self,
+        key: &PartitionKey,
+        record: &TopicRecord,
+    ) -> Result<Rc<Log>, String> {
+        let config = topics::log_config(&record.configs).map_err(|(_, why)| why)?;
+        Log::open(self.partition_dir(key), config)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn partition_dir(&self, key: &PartitionKey) -> PathBuf {
+        self.config.data_dir.join(format!("{}-{}", key.0, key.1))
+    }
+
+    /// (Controller) creates topics: validate, write the new table, then have every shard apply it
+    /// before answering, so that a client sees its topic on any shard right after.
+    pub(crate) async fn create_topics(
+        self: &Rc<Self>,
+        requested: Vec<NewTopic>,
+    ) -> Vec<TopicResult> {
+        let Ok(_permit) = self.change_lock.acquire_permit(1).await else {
+            return fail_all(
+                requested.iter().map(|t| t.name.clone()),
+                ErrorCode::ShuttingDown,
+                "stopping",
+            );
+        };
+        let mut table = (**self.topics.borrow()).clone();
+        let mut results = Vec::with_capacity(requested.len());
+        for t in requested {
+            let verdict = if let Err(why) = topics::validate_name(&t.name) {
+                Err((ErrorCode::InvalidTopic, why))
+            } else if t.partitions == 0 || t.partitions > topics::MAX_PARTITIONS {
+                Err((
+                    ErrorCode::InvalidPartitions,
+                    format!("partitions must be 1 to {}", topics::MAX_PARTITIONS),
+                ))
+            } else if table.get(&t.name).is_some() {
+                Err((
+                    ErrorCode::TopicAlreadyExists,
+                    format!("topic {} exists", t.name),
+                ))
+            } else {
+                topics::log_config(&t.configs).map(|_| ())
+            };
+            results.push(match verdict {
+                Ok(()) => {
+                    table = table.with_topic(TopicRecord {
+                        name: t.name.clone(),
+                        partitions: t.partitions,
+                        configs: t.configs,
+                    });
+                    ok(t.name)
+                }
+                Err((error, message)) => TopicResult {
+                    name: t.name,
+                    error,
+                    message: Some(message),
+                },
+            });
+        }
+        self.publish(table, &mut results).await;
+        results
+    }
+
+    /// (Controller) deletes topics and their data.
+    pub(crate) async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicResult> {
+        let Ok(_permit) = self.change_lock.acquire_permit(1).await else {
+            return fail_all(names.into_iter(), ErrorCode::ShuttingDown, "stopping");
+        };
+        let mut table = (**self.topics.borrow()).clone();
+        let mut results = Vec::with_capacity(names.len());
+        for name in names {
+            if table.get(&name).is_some() {
+                table = table.without_topic(&name);
+                results.push(ok(name));
+            } else {
+                let message = Some(format!("unknown topic {name}"));
+                results.push(TopicResult {
+                    name,
+                    error: ErrorCode::UnknownTopicOrPartition,
+                    message,
+                });
+            }
+        }
+        self.publish(table, &mut results).await;
+        results
+    }
+
+    /// Writes a changed table durably, then applies it on every shard. If it cannot be written,
+    /// every change in `results` becomes a `StorageError`.
+    async fn publish(self: &Rc<Self>, table: TopicTable, results: &mut [TopicResult]) {
+        if table.revision == self.topics.borrow().revision {
+            return;
+        }
+        let data_dir = self.config.data_dir.clone();
+        let to_store = table.clone();
+        let stored = glommio::executor()
+            .spawn_blocking(move || to_store.store(&data_dir))
+            .await;
+        if let Err(why) = stored {
+            for r in results.iter_mut().filter(|r| r.error == ErrorCode::None) {
+                r.error = ErrorCode::StorageError;
+                r.message = Some(why.clone());
+            }
+            return;
+        }
+        for peer in 0..self.mesh.shards {
+            if let Err(why) = self
+                .mesh
+                .call(self, peer, Op::ApplyTable(table.clone()))
+                .await
+            {
+                tracing::error!(shard = peer, error = %why, "a shard did not apply the topic table");
+            }
+        }
+    }
 }
 
-/// Starts shard `id` on its own thread. It binds `listen`, reports the bound address on `bound`,
-/// serves until `stopping` is set, then finishes its connections' in-flight requests and returns.
+fn ok(name: String) -> TopicResult {
+    TopicResult {
+        name,
+        error: ErrorCode::None,
+        message: None,
+    }
+}
+
+fn fail_all(names: impl Iterator<Item = String>, error: ErrorCode, why: &str) -> Vec<TopicResult> {
+    names
+        .map(|name| TopicResult {
+            name,
+            error,
+            message: Some(why.to_string()),
+        })
+        .collect()
+}
+
+/// Starts shard thread `index` (pinned to a core). It binds `listen`, reports the bound address on
+/// `bound`, joins the mesh, opens its partitions, serves until `stopping` is set, then finishes its
+/// connections' in-flight requests, closes its logs and returns.
 pub(crate) fn spawn(
-    id: usize,
+    index: usize,
     config: BrokerConfig,
     listen: SocketAddr,
+    mesh: mesh::Builder,
     stopping: Arc<AtomicBool>,
     bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
-        .name(&format!("shard-{id}"))
+    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(index % cores))
+        .name(&format!("shard-{index}"))
         .io_memory(config.io_memory_bytes);
     if config.spin_before_park_us > 0 {
         builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
     }
-    std::thread::Builder::new()
-        .name(format!("shard-{id}"))
-        .spawn(move || {
-            let executor = match builder.make() {
-                Ok(e) => e,
+    std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
+        let executor = match builder.make() {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = bound.send(Err(format!("starting shard {index}: {e}")));
+                return;
+            }
+        };
+        executor.run(async move {
+            let listener = match TcpListener::bind(listen) {
+                Ok(l) => l,
                 Err(e) => {
-                    let _ = bound.send(Err(format!("starting shard {id}: {e}")));
+                    let _ = bound.send(Err(format!("shard {index} binding {listen}: {e}")));
                     return;
                 }
             };
-            executor.run(async move {
-                let listener = match TcpListener::bind(listen) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = bound.send(Err(format!("shard {id} binding {listen}: {e}")));
-                        return;
-                    }
-                };
-                let addr = listener.local_addr().unwrap_or(listen);
-                let _ = bound.send(Ok(addr));
-                let ctx = Rc::new(ShardContext {
-                    id,
-                    config,
-                    stopping,
-                });
-                serve(listener, ctx).await;
+            let endpoint = listener.local_addr().unwrap_or(listen);
+            let _ = bound.send(Ok(endpoint));
+            let (mesh, receivers) = match Mesh::join(mesh).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(shard = index, error = %e, "shard cannot join the mesh");
+                    return;
+                }
+            };
+            let table = match TopicTable::load(&config.data_dir) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(shard = index, error = %e, "cannot read the topic table");
+                    return;
+                }
+            };
+            let shard = Rc::new(Shard {
+                config,
+                stopping,
+                mesh,
+                endpoint,
+                topics: RefCell::new(Rc::new(TopicTable { revision: 0, topics: Vec::new() })),
+                partitions: RefCell::new(HashMap::new()),
+                apply_lock: Semaphore::new(1),
+                change_lock: Semaphore::new(1),
             });
-        })
+            // Every shard reads the same file at start; afterwards only the controller changes it.
+            shard.apply_initial(table).await;
+            Mesh::serve(shard.clone(), receivers);
+            serve(listener, shard.clone()).await;
+            let logs: Vec<(PartitionKey, Rc<Log>)> = shard.partitions.borrow_mut().drain().collect();
+            for (key, log) in logs {
+                if let Err(e) = log.close().await {
+                    tracing::error!(topic = %key.0, partition = key.1, error = %e, "closing partition failed");
+                }
+            }
+        });
+    })
 }
 
 /// Accepts until stopping, then waits for every connection task to finish.
-async fn serve(listener: TcpListener, ctx: Rc<ShardContext>) {
+async fn serve(listener: TcpListener, shard: Rc<Shard>) {
     let open = Rc::new(Cell::new(0usize));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !ctx.stopping() {
+            while !shard.stopping() {
                 glommio::timer::sleep(STOP_POLL).await;
             }
             None
@@ -93,17 +358,17 @@ async fn serve(listener: TcpListener, ctx: Rc<ShardContext>) {
         match accepted {
             None => break,
             Some(Ok(stream)) => {
-                let (ctx, open) = (ctx.clone(), open.clone());
+                let (shard, open) = (shard.clone(), open.clone());
                 open.set(open.get() + 1);
                 glommio::spawn_local(async move {
-                    connection::serve(stream, ctx).await;
+                    connection::serve(stream, shard).await;
                     open.set(open.get() - 1);
                 })
                 .detach();
             }
             Some(Err(e)) => {
                 // Running out of file descriptors or a reset during accept: keep serving.
-                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                tracing::warn!(shard = shard.id(), error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -113,5 +378,5 @@ async fn serve(listener: TcpListener, ctx: Rc<ShardContext>) {
     while open.get() > 0 {
         glommio::timer::sleep(STOP_POLL).await;
     }
-    tracing::info!(shard = ctx.id, "shard stopped");
+    tracing::info!(shard = shard.id(), "shard stopped");
 }

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use mlog_wire::protocol::frame::{
     check_frame, decode_body, decode_response, encode_request, RESPONSE_HEADER_BYTES,
 };
-use mlog_wire::protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
+use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::{ApiKey, ErrorCode, RequestHeader, ResponseHeader, Wire};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -110,6 +110,45 @@ fn read_response(s: &mut TcpStream) -> (ResponseHeader, Vec<u8>) {
         assert!(n > 0, "connection closed before a response");
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Sends one request and decodes its (successful) response.
+fn call<'a, Resp: for<'b> Wire<'b>>(
+    s: &mut TcpStream,
+    api: ApiKey,
+    id: u32,
+    body: &impl Wire<'a>,
+) -> Resp {
+    s.write_all(&request(api, id, body)).unwrap();
+    let (h, body) = read_response(s);
+    assert_eq!(h.correlation_id, id);
+    assert_eq!(
+        h.error,
+        ErrorCode::None,
+        "{:?}",
+        decode_body::<String>(&body, "message")
+    );
+    decode_body(&body, "response").unwrap()
+}
+
+fn create(s: &mut TcpStream, name: &str, partitions: u32, configs: &[(&str, &str)]) -> TopicResult {
+    let topics = vec![NewTopic {
+        name: name.into(),
+        partitions,
+        configs: configs
+            .iter()
+            .map(|(k, v)| ConfigEntry {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+    }];
+    let r: CreateTopicsResponse = call(s, ApiKey::CreateTopics, 1, &CreateTopicsRequest { topics });
+    r.results.into_iter().next().unwrap()
+}
+
+fn metadata(s: &mut TcpStream, topics: Option<Vec<String>>) -> MetadataResponse {
+    call(s, ApiKey::Metadata, 2, &MetadataRequest { topics })
 }
 
 fn api_versions_ok(s: &mut TcpStream, id: u32) {
@@ -212,5 +251,78 @@ fn a_second_broker_on_the_same_data_dir_or_port_refuses_to_start() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    assert_eq!(broker.terminate(), 0);
+}
+
+#[test]
+fn topics_are_created_described_spread_over_shards_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    let r = create(
+        &mut s,
+        "orders",
+        8,
+        &[("retention.ms", "3600000"), ("flush.policy", "always")],
+    );
+    assert_eq!(r.error, ErrorCode::None, "{:?}", r.message);
+    // Validation errors, one per topic.
+    assert_eq!(
+        create(&mut s, "orders", 1, &[]).error,
+        ErrorCode::TopicAlreadyExists
+    );
+    assert_eq!(
+        create(&mut s, "bad/name", 1, &[]).error,
+        ErrorCode::InvalidTopic
+    );
+    assert_eq!(
+        create(&mut s, "zero", 0, &[]).error,
+        ErrorCode::InvalidPartitions
+    );
+    assert_eq!(
+        create(&mut s, "cfg", 1, &[("retention.ms", "soon")]).error,
+        ErrorCode::InvalidConfig
+    );
+    // Any connection (either shard) sees the topic right away.
+    for _ in 0..4 {
+        let mut other = broker.connect();
+        let m = metadata(&mut other, Some(vec!["orders".into(), "nope".into()]));
+        assert_eq!(m.endpoints.len(), 2);
+        assert_eq!(m.topics[0].partitions.len(), 8);
+        let shards: std::collections::BTreeSet<u16> =
+            m.topics[0].partitions.iter().map(|p| p.shard).collect();
+        assert_eq!(shards.len(), 2, "partitions spread over both shards");
+        assert_eq!(m.topics[1].error, ErrorCode::UnknownTopicOrPartition);
+    }
+    for p in 0..8 {
+        assert!(
+            dir.path().join(format!("orders-{p}")).is_dir(),
+            "partition {p} has its log directory"
+        );
+    }
+    let before = metadata(&mut s, None);
+    assert_eq!(broker.terminate(), 0);
+
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    let after = metadata(&mut s, None);
+    assert_eq!(after.topics, before.topics, "topics survive a restart");
+    let d: DeleteTopicsResponse = call(
+        &mut s,
+        ApiKey::DeleteTopics,
+        3,
+        &DeleteTopicsRequest {
+            names: vec!["orders".into(), "nope".into()],
+        },
+    );
+    assert_eq!(d.results[0].error, ErrorCode::None);
+    assert_eq!(d.results[1].error, ErrorCode::UnknownTopicOrPartition);
+    assert!(metadata(&mut s, None).topics.is_empty());
+    for p in 0..8 {
+        assert!(
+            !dir.path().join(format!("orders-{p}")).exists(),
+            "partition {p} data deleted"
+        );
+    }
     assert_eq!(broker.terminate(), 0);
 }

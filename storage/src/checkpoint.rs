@@ -56,11 +56,11 @@ impl Kind {
 }
 
 /// Encodes a checkpoint file's bytes.
-pub(crate) fn encode(kind: Kind, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + 4);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    out.push(kind as u8);
+    out.push(kind);
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
     let crc = crc32c::crc32c(&out);
@@ -69,7 +69,7 @@ pub(crate) fn encode(kind: Kind, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes a checkpoint file's bytes, returning the payload.
-pub(crate) fn decode(kind: Kind, bytes: &[u8]) -> std::result::Result<&[u8], &'static str> {
+pub(crate) fn decode(kind: u8, bytes: &[u8]) -> std::result::Result<&[u8], &'static str> {
     if bytes.len() < HEADER_LEN + 4 {
         return Err("shorter than a checkpoint header");
     }
@@ -79,7 +79,7 @@ pub(crate) fn decode(kind: Kind, bytes: &[u8]) -> std::result::Result<&[u8], &'s
     if bytes[4] != VERSION {
         return Err("unsupported version");
     }
-    if bytes[5] != kind as u8 {
+    if bytes[5] != kind {
         return Err("checkpoint kind does not match its file name");
     }
     let len = u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]) as usize;
@@ -96,11 +96,26 @@ pub(crate) fn decode(kind: Kind, bytes: &[u8]) -> std::result::Result<&[u8], &'s
 
 /// Atomically replaces `dir/kind` with `payload`.
 pub(crate) fn write(dir: &Path, kind: Kind, payload: &[u8]) -> Result<()> {
-    let path = dir.join(kind.file_name());
+    write_bytes(dir, kind.file_name(), &encode(kind as u8, payload))
+}
+
+/// Atomically replaces `dir/name` with a checkpoint of `kind` (a number of the caller's choosing,
+/// checked on read) holding `payload`. For other crates' small state files (the broker's topic
+/// table).
+pub fn write_named(dir: &Path, name: &str, kind: u8, payload: &[u8]) -> Result<()> {
+    write_bytes(dir, name, &encode(kind, payload))
+}
+
+/// Reads `dir/name` written by `write_named`: `Ok(None)` if absent, an error if damaged.
+pub fn read_named(dir: &Path, name: &str, kind: u8) -> Result<Option<Vec<u8>>> {
+    read_bytes(dir, name, kind)
+}
+
+fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
     let tmp = tmp_path(&path);
-    let bytes = encode(kind, payload);
     let mut f = File::create(&tmp).ctx("creating checkpoint", &tmp)?;
-    f.write_all(&bytes).ctx("writing checkpoint", &tmp)?;
+    f.write_all(bytes).ctx("writing checkpoint", &tmp)?;
     f.sync_all().ctx("syncing checkpoint", &tmp)?;
     drop(f);
     fs::rename(&tmp, &path).ctx("renaming checkpoint", &path)?;
@@ -109,7 +124,11 @@ pub(crate) fn write(dir: &Path, kind: Kind, payload: &[u8]) -> Result<()> {
 
 /// Reads `dir/kind`: `Ok(None)` if absent, an error if present but damaged.
 pub(crate) fn read(dir: &Path, kind: Kind) -> Result<Option<Vec<u8>>> {
-    let path = dir.join(kind.file_name());
+    read_bytes(dir, kind.file_name(), kind as u8)
+}
+
+fn read_bytes(dir: &Path, name: &str, kind: u8) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(name);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -170,19 +189,19 @@ mod tests {
 
     #[test]
     fn round_trip_and_every_damage_is_detected() {
-        let bytes = encode(Kind::HighWatermark, &u64_payload(42));
+        let bytes = encode(Kind::HighWatermark as u8, &u64_payload(42));
         assert_eq!(
-            decode(Kind::HighWatermark, &bytes).unwrap(),
+            decode(Kind::HighWatermark as u8, &bytes).unwrap(),
             &42u64.to_be_bytes()
         );
-        assert!(decode(Kind::RecoveryPoint, &bytes).is_err());
+        assert!(decode(Kind::RecoveryPoint as u8, &bytes).is_err());
         for i in 0..bytes.len() * 8 {
             let mut b = bytes.clone();
             b[i / 8] ^= 1 << (i % 8);
-            assert!(decode(Kind::HighWatermark, &b).is_err(), "bit {i}");
+            assert!(decode(Kind::HighWatermark as u8, &b).is_err(), "bit {i}");
         }
         for k in 0..bytes.len() {
-            assert!(decode(Kind::HighWatermark, &bytes[..k]).is_err());
+            assert!(decode(Kind::HighWatermark as u8, &bytes[..k]).is_err());
         }
     }
 
@@ -205,7 +224,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            let _ = decode(Kind::LeaderEpochs, &bytes);
+            let _ = decode(Kind::LeaderEpochs as u8, &bytes);
         }
     }
 }

@@ -13,7 +13,7 @@
 //! * `segment`: one segment's files and metadata;
 //! * `batch_cache`: recent batches in memory, including every batch not yet on disk;
 //! * `recovery`: batch-by-batch validation scans;
-//! * `checkpoint`: atomic small state files;
+//! * [`checkpoint`]: atomic small state files (also offered to other crates: `write_named`);
 //! * [`dma_probe`]: works around glommio's poll-ring probe on empty files;
 //! * [`log`]: the partition log tying them together (append, read, flush, roll, retention,
 //!   truncation, recovery on open).
@@ -26,7 +26,7 @@
 
 mod appender;
 mod batch_cache;
-mod checkpoint;
+pub mod checkpoint;
 pub mod config;
 pub mod dma_probe;
 pub mod error;

@@ -1,0 +1,160 @@
+//! Requests between shards over glommio's channel mesh.
+//!
+//! Every shard joins one full mesh; its position in the mesh is its shard id (the id partitions
+//! are assigned by). `call` sends an operation to a peer and waits for the reply, matched by a
+//! request id; a call to oneself runs the operation directly (the mesh has no channel to self).
+//! Operations are few and coarse (topic changes today; partition operations next), so cross-shard
+//! traffic stays off the per-record path.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use mlog_wire::protocol::messages::{NewTopic, TopicResult};
+
+use crate::shard::Shard;
+use crate::topics::TopicTable;
+
+/// Messages in flight per pair of shards before senders wait.
+pub(crate) const CHANNEL_CAPACITY: usize = 256;
+
+/// An operation one shard asks another to run.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Apply this table if it is newer than the one the shard has.
+    ApplyTable(TopicTable),
+    /// (To the controller) create topics.
+    Create(Vec<NewTopic>),
+    /// (To the controller) delete topics.
+    Delete(Vec<String>),
+}
+
+/// The answer to an `Op`.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Applied,
+    TopicResults(Vec<TopicResult>),
+}
+
+#[derive(Debug)]
+pub(crate) enum Envelope {
+    Request { from: usize, id: u64, op: Op },
+    Response { id: u64, reply: Reply },
+}
+
+pub(crate) type Builder = MeshBuilder<Envelope, Full>;
+
+/// This shard's end of the mesh.
+pub(crate) struct Mesh {
+    pub id: usize,
+    pub shards: usize,
+    senders: Senders<Envelope>,
+    pending: RefCell<HashMap<u64, Option<Reply>>>,
+    next_id: Cell<u64>,
+    arrived: event_listener::Event,
+}
+
+impl Mesh {
+    /// Joins the mesh (waits until every shard joined) and returns this end and the receivers that
+    /// `serve` consumes.
+    pub(crate) async fn join(builder: Builder) -> Result<(Mesh, Receivers<Envelope>), String> {
+        let (senders, receivers) = builder
+            .join()
+            .await
+            .map_err(|e| format!("joining the shard mesh: {e}"))?;
+        let mesh = Mesh {
+            id: senders.peer_id(),
+            shards: senders.nr_consumers(),
+            senders,
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+            arrived: event_listener::Event::new(),
+        };
+        Ok((mesh, receivers))
+    }
+
+    /// Runs `op` on shard `peer` and returns its reply.
+    pub(crate) async fn call(
+        &self,
+        shard: &Rc<Shard>,
+        peer: usize,
+        op: Op,
+    ) -> Result<Reply, String> {
+        if peer == self.id {
+            // Boxed: running an op can itself call shards (the controller publishing a table).
+            let local: Pin<Box<dyn Future<Output = Reply> + '_>> = Box::pin(shard.run_op(op));
+            return Ok(local.await);
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.pending.borrow_mut().insert(id, None);
+        if self
+            .senders
+            .send_to(
+                peer,
+                Envelope::Request {
+                    from: self.id,
+                    id,
+                    op,
+                },
+            )
+            .await
+            .is_err()
+        {
+            self.pending.borrow_mut().remove(&id);
+            return Err(format!("shard {peer} is gone"));
+        }
+        loop {
+            let listener = self.arrived.listen();
+            if let Some(reply) = self.take(id) {
+                return Ok(reply);
+            }
+            listener.await;
+        }
+    }
+
+    fn take(&self, id: u64) -> Option<Reply> {
+        let mut pending = self.pending.borrow_mut();
+        if pending.get(&id).is_some_and(Option::is_some) {
+            return pending.remove(&id).flatten();
+        }
+        None
+    }
+
+    /// Serves requests from the other shards and routes their replies, until the mesh closes.
+    pub(crate) fn serve(shard: Rc<Shard>, mut receivers: Receivers<Envelope>) {
+        for (_, stream) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let mut stream = stream;
+                while let Some(envelope) = stream.next().await {
+                    match envelope {
+                        Envelope::Request { from, id, op } => {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let reply = shard.run_op(op).await;
+                                let _ = shard
+                                    .mesh
+                                    .senders
+                                    .send_to(from, Envelope::Response { id, reply })
+                                    .await;
+                            })
+                            .detach();
+                        }
+                        Envelope::Response { id, reply } => {
+                            if let Some(slot) = shard.mesh.pending.borrow_mut().get_mut(&id) {
+                                *slot = Some(reply);
+                            }
+                            shard.mesh.arrived.notify(usize::MAX);
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+}
