@@ -29,15 +29,17 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut out = BytesMut::new();
+    let mut pieces = Vec::new();
     loop {
         match check_frame(&buf, REQUEST_HEADER_BYTES, ctx.config.max_frame_bytes) {
             Ok(Some(n)) => {
                 let frame = buf.split_to(n).freeze();
-                out.clear();
-                dispatch::handle(&ctx, &frame, &mut out).await;
-                if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                    return;
+                pieces.clear();
+                dispatch::handle(&ctx, &frame, &mut pieces).await;
+                for piece in &pieces {
+                    if stream.write_all(piece.bytes()).await.is_err() {
+                        return;
+                    }
                 }
                 if ctx.stopping() {
                     return;

@@ -2,15 +2,18 @@
 //! answer. Every failure to decode becomes an error response; nothing here panics on input.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
+use mlog_storage::ReadChunk;
 use mlog_wire::protocol::frame::{
-    decode_body, decode_request, encode_error_response, encode_response,
+    decode_body, decode_request, encode_error_response, encode_response, RESPONSE_HEADER_BYTES,
 };
 use mlog_wire::protocol::messages::*;
-use mlog_wire::protocol::{ApiKey, DecodeError, ErrorCode};
+use mlog_wire::protocol::{ApiKey, DecodeError, ErrorCode, Wire};
 
 use crate::mesh::{Op, Reply};
+use crate::partition::{Acks, Offsets, Produced};
 use crate::shard::{Shard, CONTROLLER};
 use crate::topics;
 
@@ -20,10 +23,39 @@ pub(crate) const SERVED: &[ApiKey] = &[
     ApiKey::Metadata,
     ApiKey::CreateTopics,
     ApiKey::DeleteTopics,
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
 ];
 
-/// Handles one whole request frame, appending the response frame (if any) to `out`.
-pub(crate) async fn handle(shard: &Rc<Shard>, frame: &[u8], out: &mut BytesMut) {
+/// One piece of a response frame, written in order: encoded bytes, or batch bytes sent as they are
+/// (from the batch cache or a DMA read buffer, or copied from another shard).
+pub(crate) enum Piece {
+    Encoded(BytesMut),
+    Batches(ReadChunk),
+    Copied(Vec<u8>),
+}
+
+impl Piece {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Encoded(b) => b,
+            Piece::Batches(c) => c,
+            Piece::Copied(v) => v,
+        }
+    }
+}
+
+/// Handles one whole request frame, appending the response frame (if any) to `pieces`.
+pub(crate) async fn handle(shard: &Rc<Shard>, frame: &[u8], pieces: &mut Vec<Piece>) {
+    let mut out = BytesMut::new();
+    handle_into(shard, frame, &mut out, pieces).await;
+    if !out.is_empty() {
+        pieces.push(Piece::Encoded(out));
+    }
+}
+
+async fn handle_into(shard: &Rc<Shard>, frame: &[u8], out: &mut BytesMut, pieces: &mut Vec<Piece>) {
     let (header, body) = match decode_request(frame) {
         Ok(x) => x,
         Err(e) => {
@@ -47,8 +79,9 @@ pub(crate) async fn handle(shard: &Rc<Shard>, frame: &[u8], out: &mut BytesMut) 
         encode_error_response(out, id, ErrorCode::UnsupportedVersion, &msg);
         return;
     }
-    if let Err(e) = serve_api(shard, api, id, body, out).await {
+    if let Err(e) = serve_api(shard, api, id, body, out, pieces).await {
         out.clear();
+        pieces.clear();
         encode_error_response(out, id, ErrorCode::InvalidRequest, &e.to_string());
     }
 }
@@ -60,6 +93,7 @@ async fn serve_api(
     id: u32,
     body: &[u8],
     out: &mut BytesMut,
+    pieces: &mut Vec<Piece>,
 ) -> Result<(), DecodeError> {
     match api {
         ApiKey::ApiVersions => {
@@ -80,9 +114,351 @@ async fn serve_api(
             let results = topic_change(shard, Op::Delete(req.names)).await;
             encode_response(out, id, &DeleteTopicsResponse { results });
         }
+        ApiKey::Produce => {
+            let req = decode_body::<ProduceRequest<'_>>(body, "ProduceRequest")?;
+            let acks = req.acks;
+            let resp = produce(shard, req).await;
+            if acks != 0 {
+                encode_response(out, id, &resp);
+            }
+        }
+        ApiKey::Fetch => {
+            let req = decode_body::<FetchRequest>(body, "FetchRequest")?;
+            fetch(shard, id, req, pieces).await;
+        }
+        ApiKey::ListOffsets => {
+            let req = decode_body::<ListOffsetsRequest>(body, "ListOffsetsRequest")?;
+            encode_response(out, id, &list_offsets(shard, req).await);
+        }
         _ => encode_error_response(out, id, ErrorCode::UnsupportedApi, "not served"),
     }
     Ok(())
+}
+
+/// Whether `topic` has partition `partition` in this shard's table.
+fn exists(shard: &Shard, topic: &str, partition: u32) -> bool {
+    shard
+        .topics
+        .borrow()
+        .get(topic)
+        .is_some_and(|t| partition < t.partitions)
+}
+
+/// Appends to every partition of the request at once (each on its owner shard) and answers in
+/// request order.
+async fn produce(shard: &Rc<Shard>, req: ProduceRequest<'_>) -> ProduceResponse {
+    let acks = Acks::from_i8(req.acks);
+    let mut tasks = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            let (topic, partition) = (t.name.to_string(), p.partition);
+            let records = p.records.0.to_vec();
+            let shard = shard.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let unknown = Produced {
+                    error: ErrorCode::UnknownTopicOrPartition,
+                    base_offset: -1,
+                    log_start_offset: -1,
+                };
+                let Some(acks) = acks else {
+                    return Produced {
+                        error: ErrorCode::InvalidAcks,
+                        ..unknown
+                    };
+                };
+                if !exists(&shard, &topic, partition) {
+                    return unknown;
+                }
+                let owner = topics::owner(&topic, partition, shard.mesh.shards);
+                if owner == shard.id() {
+                    return match shard.partition(&topic, partition) {
+                        Some(p) => p.produce(BytesMut::from(&records[..]), acks).await,
+                        None => Produced {
+                            error: ErrorCode::StorageError,
+                            ..unknown
+                        },
+                    };
+                }
+                match shard
+                    .mesh
+                    .call(
+                        &shard,
+                        owner,
+                        Op::Produce {
+                            topic,
+                            partition,
+                            acks,
+                            records,
+                        },
+                    )
+                    .await
+                {
+                    Ok(Reply::Produced(p)) => p,
+                    _ => Produced {
+                        error: ErrorCode::Unknown,
+                        ..unknown
+                    },
+                }
+            }));
+        }
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await);
+    }
+    let mut results = results.into_iter();
+    ProduceResponse {
+        topics: req
+            .topics
+            .iter()
+            .map(|t| ProduceTopicResponse {
+                name: t.name.to_string(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .zip(results.by_ref())
+                    .map(|(p, r)| ProducePartitionResponse {
+                        partition: p.partition,
+                        error: r.error,
+                        base_offset: r.base_offset,
+                        log_start_offset: r.log_start_offset,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// One partition's answer to a fetch, before encoding.
+struct FetchedPartition {
+    partition: u32,
+    error: ErrorCode,
+    high_watermark: i64,
+    log_start_offset: i64,
+    data: Vec<Piece>,
+}
+
+/// Reads every partition of the request; if fewer than `min_bytes` came back, waits (up to
+/// `max_wait_ms`) for an append to any of them and reads again. The batches are written to the
+/// socket as stored: local ones without a copy.
+async fn fetch(shard: &Rc<Shard>, id: u32, req: FetchRequest, pieces: &mut Vec<Piece>) {
+    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms as u64);
+    loop {
+        let mut total = 0usize;
+        let mut answers: Vec<(String, Vec<FetchedPartition>)> = Vec::new();
+        for t in &req.topics {
+            let mut parts = Vec::new();
+            for p in &t.partitions {
+                let budget = (req.max_bytes as usize)
+                    .saturating_sub(total)
+                    .min(p.max_bytes as usize);
+                let f = fetch_one(shard, &t.name, p, budget.max(1)).await;
+                total += f.data.iter().map(|d| d.bytes().len()).sum::<usize>();
+                parts.push(f);
+            }
+            answers.push((t.name.clone(), parts));
+        }
+        let waited_enough = Instant::now() >= deadline || total >= req.min_bytes as usize;
+        if waited_enough || !wait_for_any(shard, &req, deadline).await {
+            encode_fetch(id, answers, pieces);
+            return;
+        }
+    }
+}
+
+async fn fetch_one(
+    shard: &Rc<Shard>,
+    topic: &str,
+    p: &FetchPartition,
+    max_bytes: usize,
+) -> FetchedPartition {
+    let failed = |error| FetchedPartition {
+        partition: p.partition,
+        error,
+        high_watermark: -1,
+        log_start_offset: -1,
+        data: Vec::new(),
+    };
+    if !exists(shard, topic, p.partition) {
+        return failed(ErrorCode::UnknownTopicOrPartition);
+    }
+    let owner = topics::owner(topic, p.partition, shard.mesh.shards);
+    if owner == shard.id() {
+        let Some(part) = shard.partition(topic, p.partition) else {
+            return failed(ErrorCode::StorageError);
+        };
+        let f = part.fetch(p.fetch_offset, max_bytes).await;
+        return FetchedPartition {
+            partition: p.partition,
+            error: f.error,
+            high_watermark: f.high_watermark,
+            log_start_offset: f.log_start_offset,
+            data: f.data.chunks.into_iter().map(Piece::Batches).collect(),
+        };
+    }
+    let op = Op::Fetch {
+        topic: topic.to_string(),
+        partition: p.partition,
+        offset: p.fetch_offset,
+        max_bytes,
+    };
+    match shard.mesh.call(shard, owner, op).await {
+        Ok(Reply::Fetched(f)) => FetchedPartition {
+            partition: p.partition,
+            error: f.error,
+            high_watermark: f.high_watermark,
+            log_start_offset: f.log_start_offset,
+            data: vec![Piece::Copied(f.data)],
+        },
+        _ => failed(ErrorCode::Unknown),
+    }
+}
+
+/// Waits until any requested partition gets data past its fetch offset, or the deadline. Returns
+/// false at the deadline.
+async fn wait_for_any(shard: &Rc<Shard>, req: &FetchRequest, deadline: Instant) -> bool {
+    let woke = Rc::new(event_listener::Event::new());
+    let listener = woke.listen();
+    let mut waits = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            if !exists(shard, &t.name, p.partition) {
+                continue;
+            }
+            let (shard, woke) = (shard.clone(), woke.clone());
+            let (topic, partition, offset) = (t.name.clone(), p.partition, p.fetch_offset);
+            waits.push(glommio::spawn_local(async move {
+                let owner = topics::owner(&topic, partition, shard.mesh.shards);
+                if owner == shard.id() {
+                    if let Some(part) = shard.partition(&topic, partition) {
+                        part.wait_for_data(offset, deadline).await;
+                    }
+                } else {
+                    let op = Op::WaitForData {
+                        topic,
+                        partition,
+                        offset,
+                        deadline,
+                    };
+                    let _ = shard.mesh.call(&shard, owner, op).await;
+                }
+                woke.notify(usize::MAX);
+            }));
+        }
+    }
+    let now = Instant::now();
+    if waits.is_empty() || now >= deadline {
+        return false;
+    }
+    futures_lite::future::or(
+        async {
+            listener.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(deadline - now).await;
+            false
+        },
+    )
+    .await
+    // Dropping `waits` cancels the waits that did not fire.
+}
+
+/// Encodes a fetch response by hand so that batch bytes go to the socket untouched.
+fn encode_fetch(id: u32, answers: Vec<(String, Vec<FetchedPartition>)>, pieces: &mut Vec<Piece>) {
+    let body_len: usize = 4 + answers
+        .iter()
+        .map(|(name, parts)| {
+            2 + name.len()
+                + 4
+                + parts
+                    .iter()
+                    .map(|p| {
+                        4 + 2 + 8 + 8 + 4 + p.data.iter().map(|d| d.bytes().len()).sum::<usize>()
+                    })
+                    .sum::<usize>()
+        })
+        .sum::<usize>();
+    let mut head = BytesMut::new();
+    head.put_u32((RESPONSE_HEADER_BYTES + body_len) as u32);
+    head.put_u32(id);
+    ErrorCode::None.encode(&mut head);
+    head.put_u32(answers.len() as u32);
+    for (name, parts) in answers {
+        name.encode(&mut head);
+        head.put_u32(parts.len() as u32);
+        for p in parts {
+            head.put_u32(p.partition);
+            p.error.encode(&mut head);
+            head.put_i64(p.high_watermark);
+            head.put_i64(p.log_start_offset);
+            head.put_u32(p.data.iter().map(|d| d.bytes().len()).sum::<usize>() as u32);
+            if !p.data.is_empty() {
+                pieces.push(Piece::Encoded(std::mem::take(&mut head)));
+                pieces.extend(p.data);
+            }
+        }
+    }
+    if !head.is_empty() {
+        pieces.push(Piece::Encoded(head));
+    }
+}
+
+/// Looks up offsets on each partition's owner.
+async fn list_offsets(shard: &Rc<Shard>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut topics_out = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let unknown = Offsets {
+                error: ErrorCode::UnknownTopicOrPartition,
+                offset: -1,
+                log_start_offset: -1,
+                log_end_offset: -1,
+                high_watermark: -1,
+            };
+            let o = if !exists(shard, &t.name, p.partition) {
+                unknown
+            } else {
+                let owner = topics::owner(&t.name, p.partition, shard.mesh.shards);
+                if owner == shard.id() {
+                    match shard.partition(&t.name, p.partition) {
+                        Some(part) => part.list_offset(p.timestamp).await,
+                        None => Offsets {
+                            error: ErrorCode::StorageError,
+                            ..unknown
+                        },
+                    }
+                } else {
+                    let op = Op::ListOffset {
+                        topic: t.name.clone(),
+                        partition: p.partition,
+                        timestamp: p.timestamp,
+                    };
+                    match shard.mesh.call(shard, owner, op).await {
+                        Ok(Reply::Offsets(o)) => o,
+                        _ => Offsets {
+                            error: ErrorCode::Unknown,
+                            ..unknown
+                        },
+                    }
+                }
+            };
+            partitions.push(ListOffsetsPartitionResponse {
+                partition: p.partition,
+                error: o.error,
+                offset: o.offset,
+                log_start_offset: o.log_start_offset,
+                log_end_offset: o.log_end_offset,
+                high_watermark: o.high_watermark,
+            });
+        }
+        topics_out.push(ListOffsetsTopicResponse {
+            name: t.name,
+            partitions,
+        });
+    }
+    ListOffsetsResponse { topics: topics_out }
 }
 
 fn api_versions() -> ApiVersionsResponse {
@@ -155,11 +531,11 @@ async fn topic_change(shard: &Rc<Shard>, op: Op) -> Vec<TopicResult> {
     let names: Vec<String> = match &op {
         Op::Create(t) => t.iter().map(|t| t.name.clone()).collect(),
         Op::Delete(n) => n.clone(),
-        Op::ApplyTable(_) => Vec::new(),
+        _ => Vec::new(),
     };
     match shard.mesh.call(shard, CONTROLLER, op).await {
         Ok(Reply::TopicResults(results)) => results,
-        Ok(Reply::Applied) | Err(_) => names
+        Ok(_) | Err(_) => names
             .into_iter()
             .map(|name| TopicResult {
                 name,

@@ -8,6 +8,7 @@ mod connection;
 mod dispatch;
 mod mesh;
 mod node;
+mod partition;
 mod shard;
 mod topics;
 

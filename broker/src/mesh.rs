@@ -3,19 +3,21 @@
 //! Every shard joins one full mesh; its position in the mesh is its shard id (the id partitions
 //! are assigned by). `call` sends an operation to a peer and waits for the reply, matched by a
 //! request id; a call to oneself runs the operation directly (the mesh has no channel to self).
-//! Operations are few and coarse (topic changes today; partition operations next), so cross-shard
-//! traffic stays off the per-record path.
+//! Partition operations carry whole requests' worth of batches, never single records; a
+//! shard-aware client that connects to the owning shard skips this hop entirely.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use mlog_wire::protocol::messages::{NewTopic, TopicResult};
 
+use crate::partition::{Acks, Offsets, Produced};
 use crate::shard::Shard;
 use crate::topics::TopicTable;
 
@@ -31,13 +33,52 @@ pub(crate) enum Op {
     Create(Vec<NewTopic>),
     /// (To the controller) delete topics.
     Delete(Vec<String>),
+    /// Append batches to a partition this shard owns.
+    Produce {
+        topic: String,
+        partition: u32,
+        acks: Acks,
+        records: Vec<u8>,
+    },
+    /// Read a partition this shard owns (the bytes are copied into the reply).
+    Fetch {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+    },
+    /// Return once the partition's log end passes `offset`, or at `deadline`.
+    WaitForData {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        deadline: Instant,
+    },
+    /// Look up an offset of a partition this shard owns.
+    ListOffset {
+        topic: String,
+        partition: u32,
+        timestamp: i64,
+    },
 }
 
 /// The answer to an `Op`.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    Applied,
+    Done,
     TopicResults(Vec<TopicResult>),
+    Produced(Produced),
+    Fetched(RemoteFetch),
+    Offsets(Offsets),
+}
+
+/// A fetch answered by another shard: its bytes, copied.
+#[derive(Debug)]
+pub(crate) struct RemoteFetch {
+    pub error: mlog_wire::protocol::ErrorCode,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -47,6 +88,15 @@ pub(crate) enum Envelope {
 }
 
 pub(crate) type Builder = MeshBuilder<Envelope, Full>;
+
+/// Removes a call's pending slot when the call ends, however it ends.
+struct Forget<'a>(&'a Mesh, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
 
 /// This shard's end of the mesh.
 pub(crate) struct Mesh {
@@ -108,6 +158,8 @@ impl Mesh {
             self.pending.borrow_mut().remove(&id);
             return Err(format!("shard {peer} is gone"));
         }
+        // A caller that gives up (a fetch's long poll ends) must not leave its slot behind.
+        let _forget = Forget(self, id);
         loop {
             let listener = self.arrived.listen();
             if let Some(reply) = self.take(id) {
@@ -123,6 +175,10 @@ impl Mesh {
             return pending.remove(&id).flatten();
         }
         None
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.borrow_mut().remove(&id);
     }
 
     /// Serves requests from the other shards and routes their replies, until the mesh closes.

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -23,7 +24,8 @@ use mlog_wire::protocol::ErrorCode;
 
 use crate::config::BrokerConfig;
 use crate::connection;
-use crate::mesh::{self, Mesh, Op, Reply};
+use crate::mesh::{self, Mesh, Op, RemoteFetch, Reply};
+use crate::partition::{Offsets, Partition, Produced};
 use crate::topics::{self, TopicRecord, TopicTable};
 
 /// How often idle loops look at the stop flag.
@@ -43,8 +45,8 @@ pub(crate) struct Shard {
     pub endpoint: SocketAddr,
     /// The newest topic table this shard applied.
     pub topics: RefCell<Rc<TopicTable>>,
-    /// Logs of the partitions this shard owns.
-    pub partitions: RefCell<HashMap<PartitionKey, Rc<Log>>>,
+    /// The partitions this shard owns.
+    pub partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     /// Table applications run one at a time, in revision order.
     apply_lock: Semaphore,
     /// (Controller) one topic change at a time.
@@ -65,11 +67,79 @@ impl Shard {
         match op {
             Op::ApplyTable(table) => {
                 self.apply(table).await;
-                Reply::Applied
+                Reply::Done
             }
             Op::Create(topics) => Reply::TopicResults(self.create_topics(topics).await),
             Op::Delete(names) => Reply::TopicResults(self.delete_topics(names).await),
+            Op::Produce {
+                topic,
+                partition,
+                acks,
+                records,
+            } => Reply::Produced(match self.partition(&topic, partition) {
+                Some(p) => p.produce(BytesMut::from(&records[..]), acks).await,
+                None => Produced {
+                    error: ErrorCode::UnknownTopicOrPartition,
+                    base_offset: -1,
+                    log_start_offset: -1,
+                },
+            }),
+            Op::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+            } => Reply::Fetched(match self.partition(&topic, partition) {
+                Some(p) => {
+                    let f = p.fetch(offset, max_bytes).await;
+                    RemoteFetch {
+                        error: f.error,
+                        high_watermark: f.high_watermark,
+                        log_start_offset: f.log_start_offset,
+                        data: f.data.to_vec(),
+                    }
+                }
+                None => RemoteFetch {
+                    error: ErrorCode::UnknownTopicOrPartition,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    data: Vec::new(),
+                },
+            }),
+            Op::WaitForData {
+                topic,
+                partition,
+                offset,
+                deadline,
+            } => {
+                if let Some(p) = self.partition(&topic, partition) {
+                    p.wait_for_data(offset, deadline).await;
+                }
+                Reply::Done
+            }
+            Op::ListOffset {
+                topic,
+                partition,
+                timestamp,
+            } => Reply::Offsets(match self.partition(&topic, partition) {
+                Some(p) => p.list_offset(timestamp).await,
+                None => Offsets {
+                    error: ErrorCode::UnknownTopicOrPartition,
+                    offset: -1,
+                    log_start_offset: -1,
+                    log_end_offset: -1,
+                    high_watermark: -1,
+                },
+            }),
         }
+    }
+
+    /// A partition this shard owns.
+    pub(crate) fn partition(&self, topic: &str, partition: u32) -> Option<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
     }
 
     /// Applies the table read from disk at start, whatever its revision.
@@ -104,9 +174,9 @@ impl Shard {
             .cloned()
             .collect();
         for key in gone {
-            let log = self.partitions.borrow_mut().remove(&key);
-            if let Some(log) = log {
-                let _ = log.close().await;
+            let partition = self.partitions.borrow_mut().remove(&key);
+            if let Some(p) = partition {
+                let _ = p.log.close().await;
             }
             let dir = self.partition_dir(&key);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -122,7 +192,12 @@ impl Shard {
             };
             match self.open_partition(&key, record).await {
                 Ok(log) => {
-                    self.partitions.borrow_mut().insert(key, log);
+                    let partition = Partition {
+                        log,
+                        sync_on_ack: topics::sync_on_ack(&record.configs),
+                        appended: event_listener::Event::new(),
+                    };
+                    self.partitions.borrow_mut().insert(key, Rc::new(partition));
                 }
                 Err(e) => {
                     tracing::error!(topic = %key.0, partition = key.1, error = %e, "opening partition failed")
@@ -334,9 +409,9 @@ pub(crate) fn spawn(
             shard.apply_initial(table).await;
             Mesh::serve(shard.clone(), receivers);
             serve(listener, shard.clone()).await;
-            let logs: Vec<(PartitionKey, Rc<Log>)> = shard.partitions.borrow_mut().drain().collect();
-            for (key, log) in logs {
-                if let Err(e) = log.close().await {
+            let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard.partitions.borrow_mut().drain().collect();
+            for (key, p) in partitions {
+                if let Err(e) = p.log.close().await {
                     tracing::error!(topic = %key.0, partition = key.1, error = %e, "closing partition failed");
                 }
             }

@@ -172,6 +172,15 @@ pub(crate) fn log_config(configs: &[ConfigEntry]) -> Result<LogConfig, (ErrorCod
     Ok(c)
 }
 
+/// Whether acks=all on a topic waits for an fdatasync (`flush.policy` is `always`, the default).
+pub(crate) fn sync_on_ack(configs: &[ConfigEntry]) -> bool {
+    configs
+        .iter()
+        .rev()
+        .find(|e| e.key == "flush.policy")
+        .is_none_or(|e| e.value == "always")
+}
+
 /// The shard that owns a partition: a hash of the topic and partition, stable across restarts.
 pub(crate) fn owner(topic: &str, partition: u32, shards: usize) -> usize {
     (fnv1a(topic.as_bytes(), &partition.to_be_bytes()) as usize) % shards.max(1)

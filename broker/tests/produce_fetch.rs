@@ -1,0 +1,272 @@
+//! Produce, fetch and list offsets against the real broker process, across both shards, and a
+//! crash test: acks=all producers and repeated `kill -9`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mlog_wire::protocol::messages::*;
+use mlog_wire::protocol::{ApiKey, ErrorCode};
+use mlog_wire::{NewRecord, RecordBatch, RecordBatchBuilder};
+
+fn batch(tag: &str, records: usize, ts: i64) -> Vec<u8> {
+    let mut b = RecordBatchBuilder::new();
+    for i in 0..records {
+        let value = format!("{tag}-{i}-{}", "v".repeat(i % 7));
+        b.push(NewRecord::new(
+            ts + i as i64,
+            Some(tag.as_bytes()),
+            Some(value.as_bytes()),
+        ))
+        .unwrap();
+    }
+    b.build().unwrap()
+}
+
+fn produce(
+    s: &mut std::net::TcpStream,
+    topic: &str,
+    partition: u32,
+    acks: i8,
+    records: &[u8],
+) -> ProducePartitionResponse {
+    let req = ProduceRequest {
+        acks,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: topic,
+            partitions: vec![ProducePartition {
+                partition,
+                records: mlog_wire::protocol::RawBytes(records),
+            }],
+        }],
+    };
+    let r: ProduceResponse = call(s, ApiKey::Produce, 11, &req);
+    r.topics
+        .into_iter()
+        .next()
+        .unwrap()
+        .partitions
+        .into_iter()
+        .next()
+        .unwrap()
+}
+
+/// Fetches one partition; returns (error, high watermark, raw batch bytes).
+fn fetch(
+    s: &mut std::net::TcpStream,
+    topic: &str,
+    partition: u32,
+    offset: i64,
+    max_wait_ms: u32,
+    min_bytes: u32,
+) -> (ErrorCode, i64, Vec<u8>) {
+    let req = FetchRequest {
+        max_wait_ms,
+        min_bytes,
+        max_bytes: 4 << 20,
+        topics: vec![FetchTopic {
+            name: topic.into(),
+            partitions: vec![FetchPartition {
+                partition,
+                fetch_offset: offset,
+                max_bytes: 1 << 20,
+            }],
+        }],
+    };
+    call_owned(s, ApiKey::Fetch, 12, &req, |body| {
+        let r: FetchResponse<'_> = mlog_wire::protocol::frame::decode_body(body, "fetch").unwrap();
+        let p = &r.topics[0].partitions[0];
+        (p.error, p.high_watermark, p.records.0.to_vec())
+    })
+}
+
+fn split(mut data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let b = RecordBatch::parse(data).expect("fetched batches are valid");
+        out.push(b.as_bytes().to_vec());
+        data = &data[b.total_len()..];
+    }
+    out
+}
+
+fn stored(batch: &[u8], base: i64) -> Vec<u8> {
+    let mut b = batch.to_vec();
+    mlog_wire::set_base_offset(&mut b, base);
+    b
+}
+
+#[test]
+fn produce_then_fetch_byte_for_byte_on_every_partition_and_acks_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "events", 4, &[]).error, ErrorCode::None);
+    for p in 0..4u32 {
+        let mut expected = Vec::new();
+        for (i, acks) in [-1i8, 1, -1, 1].into_iter().enumerate() {
+            let b = batch(&format!("p{p}-b{i}"), 3, 1000 * i as i64);
+            let r = produce(&mut s, "events", p, acks, &b);
+            assert_eq!(r.error, ErrorCode::None);
+            assert_eq!(r.base_offset, 3 * i as i64);
+            expected.push(stored(&b, r.base_offset));
+        }
+        // acks=0: no response; the next request's answer proves it was processed in order.
+        let b0 = batch(&format!("p{p}-fire"), 2, 9000);
+        send_only(
+            &mut s,
+            ApiKey::Produce,
+            99,
+            &ProduceRequest {
+                acks: 0,
+                timeout_ms: 1000,
+                topics: vec![ProduceTopic {
+                    name: "events",
+                    partitions: vec![ProducePartition {
+                        partition: p,
+                        records: mlog_wire::protocol::RawBytes(&b0),
+                    }],
+                }],
+            },
+        );
+        expected.push(stored(&b0, 12));
+        // Requests on one connection are served in order: this answer means the fire-and-forget
+        // produce above was processed.
+        metadata(&mut s, None);
+        // Read it all back from another connection (maybe the other shard): byte for byte.
+        let mut other = broker.connect();
+        let (err, hw, data) = fetch(&mut other, "events", p, 0, 0, 0);
+        assert_eq!(err, ErrorCode::None);
+        assert_eq!(hw, 14);
+        assert_eq!(split(&data), expected, "partition {p}");
+        // Offsets.
+        let lo: ListOffsetsResponse = call(
+            &mut other,
+            ApiKey::ListOffsets,
+            13,
+            &ListOffsetsRequest {
+                topics: vec![ListOffsetsTopic {
+                    name: "events".into(),
+                    partitions: vec![
+                        ListOffsetsPartition {
+                            partition: p,
+                            timestamp: EARLIEST_TIMESTAMP,
+                        },
+                        ListOffsetsPartition {
+                            partition: p,
+                            timestamp: LATEST_TIMESTAMP,
+                        },
+                        ListOffsetsPartition {
+                            partition: p,
+                            timestamp: 2000,
+                        },
+                        ListOffsetsPartition {
+                            partition: p,
+                            timestamp: 1_000_000,
+                        },
+                    ],
+                }],
+            },
+        );
+        let offs: Vec<i64> = lo.topics[0].partitions.iter().map(|x| x.offset).collect();
+        assert_eq!(offs, vec![0, 14, 6, -1]);
+        // Out of range.
+        assert_eq!(
+            fetch(&mut other, "events", p, 15, 0, 0).0,
+            ErrorCode::OffsetOutOfRange
+        );
+    }
+    assert_eq!(broker.terminate(), 0);
+}
+
+#[test]
+fn bad_produces_get_errors_while_another_client_keeps_producing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut good = broker.connect();
+    assert_eq!(
+        create(&mut good, "t", 2, &[("max.message.bytes", "4096")]).error,
+        ErrorCode::None
+    );
+    let mut bad = broker.connect();
+    let mut corrupt = batch("x", 2, 0);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    for round in 0..5 {
+        assert_eq!(
+            produce(&mut bad, "t", 0, -1, &corrupt).error,
+            ErrorCode::CorruptBatch
+        );
+        assert_eq!(
+            produce(&mut bad, "t", 1, -1, &batch("big", 400, 0)).error,
+            ErrorCode::MessageTooLarge
+        );
+        assert_eq!(
+            produce(&mut bad, "nope", 0, -1, &batch("y", 1, 0)).error,
+            ErrorCode::UnknownTopicOrPartition
+        );
+        assert_eq!(
+            produce(&mut bad, "t", 7, -1, &batch("y", 1, 0)).error,
+            ErrorCode::UnknownTopicOrPartition
+        );
+        assert_eq!(
+            produce(&mut bad, "t", 0, 5, &batch("y", 1, 0)).error,
+            ErrorCode::InvalidAcks
+        );
+        let r = produce(&mut good, "t", 0, -1, &batch("ok", 1, 0));
+        assert_eq!((r.error, r.base_offset), (ErrorCode::None, round));
+    }
+    // A deleted topic refuses produces.
+    let _: DeleteTopicsResponse = call(
+        &mut good,
+        ApiKey::DeleteTopics,
+        3,
+        &DeleteTopicsRequest {
+            names: vec!["t".into()],
+        },
+    );
+    assert_eq!(
+        produce(&mut good, "t", 0, -1, &batch("late", 1, 0)).error,
+        ErrorCode::UnknownTopicOrPartition
+    );
+    assert_eq!(broker.terminate(), 0);
+}
+
+#[test]
+fn a_long_poll_fetch_is_woken_by_the_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "poll", 2, &[]).error, ErrorCode::None);
+    for p in 0..2u32 {
+        let mut reader = broker.connect();
+        let start = Instant::now();
+        let waiter = std::thread::spawn(move || {
+            let r = fetch(&mut reader, "poll", p, 0, 10_000, 1);
+            (r, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let b = batch("wake", 1, 0);
+        assert_eq!(produce(&mut s, "poll", p, 1, &b).error, ErrorCode::None);
+        let ((err, _, data), waited) = waiter.join().unwrap();
+        assert_eq!(err, ErrorCode::None);
+        assert_eq!(split(&data), vec![stored(&b, 0)]);
+        assert!(
+            waited < Duration::from_secs(8),
+            "woken by the append, not the timeout ({waited:?})"
+        );
+        assert!(
+            waited >= Duration::from_millis(250),
+            "it did wait for data ({waited:?})"
+        );
+    }
+    // With nothing to wait for, the timeout answers with no data.
+    let start = Instant::now();
+    let (err, _, data) = fetch(&mut s, "poll", 0, 1, 200, 1);
+    assert_eq!(err, ErrorCode::None);
+    assert!(data.is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(180));
+    assert_eq!(broker.terminate(), 0);
+}
