@@ -213,9 +213,12 @@ impl Shard {
         record: &TopicRecord,
     ) -> Result<Rc<Log>, String> {
         let config = topics::log_config(&record.configs).map_err(|(_, why)| why)?;
-        Log::open(self.partition_dir(key), config)
+        let log = Log::open(self.partition_dir(key), config)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // A single node is its own in-sync set: everything in its log is committed.
+        log.set_high_watermark(log.log_end_offset());
+        Ok(log)
     }
 
     pub(crate) fn partition_dir(&self, key: &PartitionKey) -> PathBuf {

@@ -270,3 +270,115 @@ fn a_long_poll_fetch_is_woken_by_the_append() {
     assert!(start.elapsed() >= Duration::from_millis(180));
     assert_eq!(broker.terminate(), 0);
 }
+
+/// Fetches a whole partition from offset 0.
+fn fetch_all(s: &mut std::net::TcpStream, topic: &str, partition: u32) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut offset = 0i64;
+    loop {
+        let (err, hw, data) = fetch(s, topic, partition, offset, 0, 0);
+        assert_eq!(err, ErrorCode::None);
+        let batches = split(&data);
+        if batches.is_empty() {
+            assert_eq!(offset, hw, "no data below the high watermark");
+            return out;
+        }
+        for b in batches {
+            let parsed = RecordBatch::parse(&b).unwrap();
+            if parsed.last_offset() >= offset {
+                assert_eq!(parsed.base_offset(), offset, "offsets are contiguous");
+                offset = parsed.next_offset();
+                out.push(b);
+            }
+        }
+    }
+}
+
+#[test]
+fn kill_9_never_loses_an_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let partitions = 4u32;
+    {
+        let broker = Broker::start(dir.path(), &[]);
+        let mut s = broker.connect();
+        assert_eq!(
+            create(&mut s, "durable", partitions, &[]).error,
+            ErrorCode::None
+        );
+        // kill -9 right away: the topic must survive too.
+    }
+    let mut acked: Vec<(u32, i64, Vec<u8>)> = Vec::new();
+    let mut seed = 0x9e37_79b9_u64;
+    for round in 0..20u32 {
+        let broker = Broker::start(dir.path(), &[]);
+        let producers: Vec<_> = (0..partitions)
+            .map(|p| {
+                let mut s = broker.connect();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    for i in 0.. {
+                        let b = batch(&format!("r{round}-p{p}-{i}"), 1 + (i % 4), i as i64);
+                        let req = ProduceRequest {
+                            acks: -1,
+                            timeout_ms: 10_000,
+                            topics: vec![ProduceTopic {
+                                name: "durable",
+                                partitions: vec![ProducePartition {
+                                    partition: p,
+                                    records: mlog_wire::protocol::RawBytes(&b),
+                                }],
+                            }],
+                        };
+                        if std::io::Write::write_all(
+                            &mut s,
+                            &request(ApiKey::Produce, i as u32, &req),
+                        )
+                        .is_err()
+                        {
+                            break;
+                        }
+                        let Some(body) = try_read_response(&mut s) else {
+                            break;
+                        };
+                        let r: ProduceResponse =
+                            mlog_wire::protocol::frame::decode_body(&body, "produce").unwrap();
+                        let r = &r.topics[0].partitions[0];
+                        assert_eq!(r.error, ErrorCode::None);
+                        got.push((p, r.base_offset, stored(&b, r.base_offset)));
+                    }
+                    got
+                })
+            })
+            .collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(100 + seed % 300));
+        drop(broker); // SIGKILL
+        for t in producers {
+            acked.extend(t.join().unwrap());
+        }
+    }
+    assert!(
+        acked.len() > 100,
+        "only {} acknowledged batches",
+        acked.len()
+    );
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    for p in 0..partitions {
+        let stored_batches = fetch_all(&mut s, "durable", p);
+        let by_offset: std::collections::HashMap<i64, &Vec<u8>> = stored_batches
+            .iter()
+            .map(|b| (RecordBatch::parse(b).unwrap().base_offset(), b))
+            .collect();
+        for (_, offset, bytes) in acked.iter().filter(|a| a.0 == p) {
+            assert_eq!(
+                by_offset.get(offset).map(|b| b.as_slice()),
+                Some(bytes.as_slice()),
+                "partition {p} offset {offset}"
+            );
+        }
+    }
+    assert_eq!(broker.terminate(), 0);
+}

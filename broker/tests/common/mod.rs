@@ -188,3 +188,19 @@ pub fn call_owned<'a, T>(
     assert_eq!(h.error, ErrorCode::None);
     f(&body)
 }
+
+/// Reads one response body, or `None` if the connection closed or failed first.
+pub fn try_read_response(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(n) = check_frame(&buf, RESPONSE_HEADER_BYTES, 1 << 30).ok()? {
+            let (h, body) = decode_response(&buf[..n]).ok()?;
+            return (h.error == ErrorCode::None).then(|| body.to_vec());
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
