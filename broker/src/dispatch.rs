@@ -12,6 +12,7 @@ use mlog_wire::protocol::frame::{
 use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::{ApiKey, DecodeError, ErrorCode, Wire};
 
+use crate::group_offsets;
 use crate::mesh::{Op, Reply};
 use crate::partition::{Acks, Offsets, Produced};
 use crate::shard::{Shard, CONTROLLER};
@@ -26,6 +27,8 @@ pub(crate) const SERVED: &[ApiKey] = &[
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
 ];
 
 /// One piece of a response frame, written in order: encoded bytes, or batch bytes sent as they are
@@ -130,9 +133,128 @@ async fn serve_api(
             let req = decode_body::<ListOffsetsRequest>(body, "ListOffsetsRequest")?;
             encode_response(out, id, &list_offsets(shard, req).await);
         }
-        _ => encode_error_response(out, id, ErrorCode::UnsupportedApi, "not served"),
+        ApiKey::OffsetCommit => {
+            let req = decode_body::<OffsetCommitRequest>(body, "OffsetCommitRequest")?;
+            encode_response(out, id, &offset_commit(shard, req).await);
+        }
+        ApiKey::OffsetFetch => {
+            let req = decode_body::<OffsetFetchRequest>(body, "OffsetFetchRequest")?;
+            encode_response(out, id, &offset_fetch(shard, req).await);
+        }
     }
     Ok(())
+}
+
+/// Runs `op` on the shard that owns `group`'s internal offsets partition.
+async fn on_group_owner(shard: &Rc<Shard>, group: &str, op: Op) -> Result<Reply, String> {
+    let partition = group_offsets::partition_for(group);
+    let owner = topics::owner(group_offsets::OFFSETS_TOPIC, partition, shard.mesh.shards);
+    shard.mesh.call(shard, owner, op).await
+}
+
+/// Stores a group's offsets for the partitions that exist; the others get
+/// `UnknownTopicOrPartition`.
+async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group_error = topics::validate_name(&req.group)
+        .err()
+        .map(|_| ErrorCode::InvalidGroup);
+    let mut commits = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            if group_error.is_none() && exists(shard, &t.name, p.partition) {
+                commits.push((t.name.clone(), p.partition, p.offset, p.metadata.clone()));
+            }
+        }
+    }
+    let stored = match group_error {
+        Some(e) => e,
+        None if commits.is_empty() => ErrorCode::None,
+        None => match on_group_owner(
+            shard,
+            &req.group,
+            Op::CommitOffsets {
+                group: req.group.clone(),
+                commits,
+            },
+        )
+        .await
+        {
+            Ok(Reply::Committed(code)) => code,
+            _ => ErrorCode::Unknown,
+        },
+    };
+    OffsetCommitResponse {
+        topics: req
+            .topics
+            .iter()
+            .map(|t| TopicPartitionResults {
+                name: t.name.clone(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| PartitionResult {
+                        partition: p.partition,
+                        error: if group_error.is_none() && !exists(shard, &t.name, p.partition) {
+                            ErrorCode::UnknownTopicOrPartition
+                        } else {
+                            stored
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Reads a group's stored offsets (-1 where it stored none).
+async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest) -> OffsetFetchResponse {
+    if topics::validate_name(&req.group).is_err() {
+        return OffsetFetchResponse {
+            error: ErrorCode::InvalidGroup,
+            topics: Vec::new(),
+        };
+    }
+    let wanted = req
+        .topics
+        .map(|ts| ts.into_iter().map(|t| (t.name, t.partitions)).collect());
+    let commits = match on_group_owner(
+        shard,
+        &req.group,
+        Op::FetchOffsets {
+            group: req.group.clone(),
+            wanted,
+        },
+    )
+    .await
+    {
+        Ok(Reply::GroupOffsets(c)) => c,
+        _ => {
+            return OffsetFetchResponse {
+                error: ErrorCode::Unknown,
+                topics: Vec::new(),
+            }
+        }
+    };
+    let mut topics_out: Vec<OffsetFetchTopicResponse> = Vec::new();
+    for (topic, partition, offset, metadata) in commits {
+        let entry = OffsetFetchPartition {
+            partition,
+            offset,
+            metadata,
+            error: ErrorCode::None,
+        };
+        match topics_out.last_mut() {
+            Some(t) if t.name == topic => t.partitions.push(entry),
+            _ => topics_out.push(OffsetFetchTopicResponse {
+                name: topic,
+                partitions: vec![entry],
+            }),
+        }
+    }
+    OffsetFetchResponse {
+        error: ErrorCode::None,
+        topics: topics_out,
+    }
 }
 
 /// Whether `topic` has partition `partition` in this shard's table.

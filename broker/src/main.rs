@@ -6,6 +6,7 @@
 mod config;
 mod connection;
 mod dispatch;
+mod group_offsets;
 mod mesh;
 mod node;
 mod partition;

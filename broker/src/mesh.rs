@@ -17,6 +17,7 @@ use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use mlog_wire::protocol::messages::{NewTopic, TopicResult};
 
+use crate::group_offsets::Commit;
 use crate::partition::{Acks, Offsets, Produced};
 use crate::shard::Shard;
 use crate::topics::TopicTable;
@@ -60,6 +61,13 @@ pub(crate) enum Op {
         partition: u32,
         timestamp: i64,
     },
+    /// Store a group's offsets (this shard owns the group's internal partition).
+    CommitOffsets { group: String, commits: Vec<Commit> },
+    /// Read a group's offsets (absent: all of them).
+    FetchOffsets {
+        group: String,
+        wanted: Option<Vec<(String, Vec<u32>)>>,
+    },
 }
 
 /// The answer to an `Op`.
@@ -70,6 +78,8 @@ pub(crate) enum Reply {
     Produced(Produced),
     Fetched(RemoteFetch),
     Offsets(Offsets),
+    Committed(mlog_wire::protocol::ErrorCode),
+    GroupOffsets(Vec<Commit>),
 }
 
 /// A fetch answered by another shard: its bytes, copied.

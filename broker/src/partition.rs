@@ -8,11 +8,16 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use std::cell::RefCell;
+
 use bytes::BytesMut;
 use event_listener::Event;
+use glommio::sync::Semaphore;
 use mlog_storage::{Log, LogRead, StorageError};
 use mlog_wire::protocol::ErrorCode;
 use mlog_wire::RecordBatch;
+
+use crate::group_offsets::{Commit, GroupOffsets};
 
 /// A partition's log and its waiting readers.
 pub(crate) struct Partition {
@@ -21,6 +26,10 @@ pub(crate) struct Partition {
     pub sync_on_ack: bool,
     /// Notified after every append, for long-polling fetches.
     pub appended: Event,
+    /// For partitions of the internal offsets topic: the groups' committed offsets.
+    pub groups: Option<RefCell<GroupOffsets>>,
+    /// Serializes commits, so the table applies them in log order.
+    pub commit_lock: Semaphore,
 }
 
 /// Acknowledgement levels of a produce request.
@@ -170,6 +179,40 @@ impl Partition {
             })
             .await;
         }
+    }
+
+    /// Stores `commits` of `group` durably (append + fdatasync), then applies them.
+    pub(crate) async fn commit_offsets(&self, group: &str, commits: Vec<Commit>) -> ErrorCode {
+        let Some(groups) = &self.groups else {
+            return ErrorCode::Unknown;
+        };
+        let Ok(_permit) = self.commit_lock.acquire_permit(1).await else {
+            return ErrorCode::ShuttingDown;
+        };
+        let batch = match GroupOffsets::batch(group, &commits) {
+            Ok(b) => b,
+            Err(code) => return code,
+        };
+        if let Err(e) = self.log.append(batch).await {
+            return storage_error_code(&e);
+        }
+        if let Err(e) = self.log.flush().await {
+            return storage_error_code(&e);
+        }
+        groups.borrow_mut().apply(group, commits);
+        ErrorCode::None
+    }
+
+    /// A group's committed offsets.
+    pub(crate) fn fetch_offsets(
+        &self,
+        group: &str,
+        wanted: Option<Vec<(String, Vec<u32>)>>,
+    ) -> Vec<Commit> {
+        self.groups
+            .as_ref()
+            .map(|g| g.borrow().fetch(group, wanted))
+            .unwrap_or_default()
     }
 
     /// The offset ListOffsets asks for: -2 earliest, -1 latest (high watermark), else by timestamp.

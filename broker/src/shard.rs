@@ -24,6 +24,7 @@ use mlog_wire::protocol::ErrorCode;
 
 use crate::config::BrokerConfig;
 use crate::connection;
+use crate::group_offsets::{self, GroupOffsets, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::mesh::{self, Mesh, Op, RemoteFetch, Reply};
 use crate::partition::{Offsets, Partition, Produced};
 use crate::topics::{self, TopicRecord, TopicTable};
@@ -117,6 +118,20 @@ impl Shard {
                 }
                 Reply::Done
             }
+            Op::CommitOffsets { group, commits } => {
+                let p = self.partition(OFFSETS_TOPIC, group_offsets::partition_for(&group));
+                Reply::Committed(match p {
+                    Some(p) => p.commit_offsets(&group, commits).await,
+                    None => ErrorCode::StorageError,
+                })
+            }
+            Op::FetchOffsets { group, wanted } => {
+                let p = self.partition(OFFSETS_TOPIC, group_offsets::partition_for(&group));
+                Reply::GroupOffsets(
+                    p.map(|p| p.fetch_offsets(&group, wanted))
+                        .unwrap_or_default(),
+                )
+            }
             Op::ListOffset {
                 topic,
                 partition,
@@ -192,10 +207,23 @@ impl Shard {
             };
             match self.open_partition(&key, record).await {
                 Ok(log) => {
+                    let groups = if key.0 == OFFSETS_TOPIC {
+                        match GroupOffsets::replay(&log).await {
+                            Ok(g) => Some(RefCell::new(g)),
+                            Err(e) => {
+                                tracing::error!(partition = key.1, error = %e, "replaying group offsets failed");
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     let partition = Partition {
                         log,
                         sync_on_ack: topics::sync_on_ack(&record.configs),
                         appended: event_listener::Event::new(),
+                        groups,
+                        commit_lock: Semaphore::new(1),
                     };
                     self.partitions.borrow_mut().insert(key, Rc::new(partition));
                 }
@@ -284,7 +312,14 @@ impl Shard {
         let mut table = (**self.topics.borrow()).clone();
         let mut results = Vec::with_capacity(names.len());
         for name in names {
-            if table.get(&name).is_some() {
+            if name == OFFSETS_TOPIC {
+                let message = Some("the internal offsets topic cannot be deleted".into());
+                results.push(TopicResult {
+                    name,
+                    error: ErrorCode::InvalidTopic,
+                    message,
+                });
+            } else if table.get(&name).is_some() {
                 table = table.without_topic(&name);
                 results.push(ok(name));
             } else {
@@ -411,6 +446,18 @@ pub(crate) fn spawn(
             // Every shard reads the same file at start; afterwards only the controller changes it.
             shard.apply_initial(table).await;
             Mesh::serve(shard.clone(), receivers);
+            if shard.id() == CONTROLLER && shard.topics.borrow().get(OFFSETS_TOPIC).is_none() {
+                let internal = NewTopic {
+                    name: OFFSETS_TOPIC.into(),
+                    partitions: OFFSETS_PARTITIONS,
+                    configs: group_offsets::offsets_topic_configs(),
+                };
+                for r in shard.create_topics(vec![internal]).await {
+                    if r.error != ErrorCode::None {
+                        tracing::error!(error = %r.error, message = ?r.message, "creating the offsets topic failed");
+                    }
+                }
+            }
             serve(listener, shard.clone()).await;
             let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard.partitions.borrow_mut().drain().collect();
             for (key, p) in partitions {

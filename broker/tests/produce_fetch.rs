@@ -382,3 +382,125 @@ fn kill_9_never_loses_an_acknowledged_record() {
     }
     assert_eq!(broker.terminate(), 0);
 }
+
+#[test]
+fn group_offsets_are_committed_fetched_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let commit = |s: &mut std::net::TcpStream,
+                  group: &str,
+                  entries: &[(&str, u32, i64)]|
+     -> Vec<ErrorCode> {
+        let mut topics: Vec<CommitTopic> = Vec::new();
+        for (t, p, o) in entries {
+            let part = CommitPartition {
+                partition: *p,
+                offset: *o,
+                metadata: format!("m{o}"),
+            };
+            match topics.iter_mut().find(|x| x.name == *t) {
+                Some(x) => x.partitions.push(part),
+                None => topics.push(CommitTopic {
+                    name: t.to_string(),
+                    partitions: vec![part],
+                }),
+            }
+        }
+        let r: OffsetCommitResponse = call(
+            s,
+            ApiKey::OffsetCommit,
+            21,
+            &OffsetCommitRequest {
+                group: group.into(),
+                topics,
+            },
+        );
+        r.topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error))
+            .collect()
+    };
+    let fetch_offsets =
+        |s: &mut std::net::TcpStream, group: &str| -> Vec<(String, u32, i64, String)> {
+            let r: OffsetFetchResponse = call(
+                s,
+                ApiKey::OffsetFetch,
+                22,
+                &OffsetFetchRequest {
+                    group: group.into(),
+                    topics: None,
+                },
+            );
+            assert_eq!(r.error, ErrorCode::None);
+            r.topics
+                .into_iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .into_iter()
+                        .map(move |p| (t.name.clone(), p.partition, p.offset, p.metadata))
+                })
+                .collect()
+        };
+    {
+        let broker = Broker::start(dir.path(), &[]);
+        let mut s = broker.connect();
+        assert_eq!(create(&mut s, "a", 3, &[]).error, ErrorCode::None);
+        assert_eq!(
+            commit(&mut s, "g1", &[("a", 0, 5), ("a", 2, 9)]),
+            vec![ErrorCode::None; 2]
+        );
+        assert_eq!(commit(&mut s, "g1", &[("a", 0, 7)]), vec![ErrorCode::None]);
+        assert_eq!(
+            commit(&mut s, "g2", &[("a", 1, 1), ("nope", 0, 1), ("a", 9, 1)]),
+            vec![
+                ErrorCode::None,
+                ErrorCode::UnknownTopicOrPartition,
+                ErrorCode::UnknownTopicOrPartition
+            ]
+        );
+        assert_eq!(
+            commit(&mut s, "bad group", &[("a", 0, 1)]),
+            vec![ErrorCode::InvalidGroup]
+        );
+        let r: OffsetFetchResponse = call(
+            &mut s,
+            ApiKey::OffsetFetch,
+            23,
+            &OffsetFetchRequest {
+                group: "bad group".into(),
+                topics: None,
+            },
+        );
+        assert_eq!(r.error, ErrorCode::InvalidGroup);
+        // Specific partitions, with -1 where nothing was stored.
+        let r: OffsetFetchResponse = call(
+            &mut s,
+            ApiKey::OffsetFetch,
+            24,
+            &OffsetFetchRequest {
+                group: "g1".into(),
+                topics: Some(vec![OffsetFetchTopic {
+                    name: "a".into(),
+                    partitions: vec![0, 1],
+                }]),
+            },
+        );
+        let got: Vec<i64> = r.topics[0].partitions.iter().map(|p| p.offset).collect();
+        assert_eq!(got, vec![7, -1]);
+        // kill -9: commits were fsynced before they were acknowledged.
+    }
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(
+        fetch_offsets(&mut s, "g1"),
+        vec![
+            ("a".to_string(), 0, 7, "m7".to_string()),
+            ("a".to_string(), 2, 9, "m9".to_string())
+        ]
+    );
+    assert_eq!(
+        fetch_offsets(&mut s, "g2"),
+        vec![("a".to_string(), 1, 1, "m1".to_string())]
+    );
+    assert!(fetch_offsets(&mut s, "nobody").is_empty());
+    assert_eq!(broker.terminate(), 0);
+}
