@@ -60,10 +60,13 @@ mlog_wire::wire_struct! {
 /// One commit entry: `(topic, partition, offset, metadata)`.
 pub(crate) type Commit = (String, u32, i64, String);
 
+/// One group's stored positions: `(topic, partition) -> (offset, metadata)`.
+type Positions = HashMap<(String, u32), (i64, String)>;
+
 /// The committed offsets of the groups one internal partition holds.
 #[derive(Default)]
 pub(crate) struct GroupOffsets {
-    offsets: HashMap<String, HashMap<(String, u32), (i64, String)>>,
+    offsets: HashMap<String, Positions>,
 }
 
 impl GroupOffsets {
