@@ -175,7 +175,25 @@ impl Mesh {
             if let Some(reply) = self.take(id) {
                 return Ok(reply);
             }
-            listener.await;
+            // A stopping peer may exit without answering: stop waiting once the broker stops.
+            let stopped = futures_lite::future::or(
+                async {
+                    listener.await;
+                    false
+                },
+                async {
+                    while !shard.stopping() {
+                        glommio::timer::sleep(crate::shard::STOP_POLL).await;
+                    }
+                    true
+                },
+            )
+            .await;
+            if stopped {
+                return self
+                    .take(id)
+                    .ok_or_else(|| format!("shard {peer} did not answer: stopping"));
+            }
         }
     }
 
