@@ -18,6 +18,10 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Shards (one glommio executor pinned to one core each).
     pub shards: usize,
+    /// Shard `i` also listens on `shard_port_base + i`, an address that reaches that shard only, so
+    /// that shard-aware clients can talk to a partition's owner directly (Metadata advertises
+    /// these). `None`: each shard takes a free port.
+    pub shard_port_base: Option<u16>,
     /// Largest frame a peer may send; larger length fields close the connection.
     pub max_frame_bytes: usize,
     /// Microseconds an idle shard spins before parking (0: park at once, no busy-spinning).
@@ -32,6 +36,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             data_dir: PathBuf::from("mlog-data"),
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shard_port_base: None,
             max_frame_bytes: mlog_wire::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             spin_before_park_us: 0,
             io_memory_bytes: 2 << 20,
@@ -46,6 +51,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     shards: Option<usize>,
+    shard_port_base: Option<u16>,
     max_frame_bytes: Option<usize>,
     spin_before_park_us: Option<u64>,
     io_memory_bytes: Option<usize>,
@@ -60,7 +66,7 @@ struct FileConfig {
     after_help = "Examples:\n  mlog-broker\n  mlog-broker --listen 0.0.0.0:9092 --data-dir /var/lib/mlog --shards 4\n  mlog-broker --config /etc/mlog/broker.toml"
 )]
 pub struct Args {
-    /// TOML configuration file (keys: listen, data_dir, shards, max_frame_bytes,
+    /// TOML configuration file (keys: listen, data_dir, shards, shard_port_base, max_frame_bytes,
     /// spin_before_park_us, io_memory_bytes).
     #[arg(long, env = "MLOG_CONFIG")]
     pub config: Option<PathBuf>,
@@ -73,6 +79,9 @@ pub struct Args {
     /// Number of shards [default: number of cores].
     #[arg(long, env = "MLOG_SHARDS")]
     pub shards: Option<usize>,
+    /// First port of the per-shard listeners (shard i: base + i) [default: free ports].
+    #[arg(long, env = "MLOG_SHARD_PORT_BASE")]
+    pub shard_port_base: Option<u16>,
     /// Largest accepted frame in bytes [default: 64 MiB].
     #[arg(long, env = "MLOG_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -124,6 +133,7 @@ impl BrokerConfig {
                 .or(file.data_dir)
                 .unwrap_or(d.data_dir),
             shards: args.shards.or(file.shards).unwrap_or(d.shards),
+            shard_port_base: args.shard_port_base.or(file.shard_port_base),
             max_frame_bytes: args
                 .max_frame_bytes
                 .or(file.max_frame_bytes)
@@ -144,6 +154,14 @@ impl BrokerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.shards == 0 || self.shards > u16::MAX as usize {
             return Err(ConfigError::Invalid("shards must be between 1 and 65535"));
+        }
+        if self
+            .shard_port_base
+            .is_some_and(|b| b as usize + self.shards > u16::MAX as usize + 1 || b == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "shard_port_base + shards must be valid ports",
+            ));
         }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid(

@@ -634,14 +634,22 @@ fn metadata(shard: &Shard, req: MetadataRequest) -> MetadataResponse {
     };
     MetadataResponse {
         revision: table.revision,
-        // Every shard listens on the same address today; shard-aware clients cannot yet pick a
-        // shard by connecting (per-shard ports come with the produce and fetch paths).
-        endpoints: (0..shards)
-            .map(|s| ShardEndpoint {
-                node_id: 0,
-                shard: s as u16,
-                host: shard.endpoint.ip().to_string(),
-                port: shard.endpoint.port(),
+        // Each shard's own listener: a shard-aware client connects to a partition's owner there
+        // and skips the forwarding hop. Every listener accepts every request.
+        endpoints: shard
+            .endpoints
+            .lock()
+            .map(|all| all.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(s, addr)| {
+                addr.map(|a| ShardEndpoint {
+                    node_id: 0,
+                    shard: s as u16,
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                })
             })
             .collect(),
         topics,

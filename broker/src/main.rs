@@ -54,6 +54,13 @@ fn run(args: &Args) -> Result<i32, String> {
     let config = BrokerConfig::load(args).map_err(|e| e.to_string())?;
     let _lock = node::lock_data_dir(&config.data_dir).map_err(|e| e.to_string())?;
     node::check_port_free(config.listen).map_err(|e| e.to_string())?;
+    if let Some(base) = config.shard_port_base {
+        for i in 0..config.shards {
+            let addr = std::net::SocketAddr::new(config.listen.ip(), base + i as u16);
+            node::check_port_free(addr).map_err(|e| e.to_string())?;
+        }
+    }
+    let endpoints: shard::Endpoints = Arc::new(std::sync::Mutex::new(vec![None; config.shards]));
 
     let stopping = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel();
@@ -81,6 +88,7 @@ fn run(args: &Args) -> Result<i32, String> {
             config.clone(),
             listen,
             mesh.clone(),
+            endpoints.clone(),
             stopping.clone(),
             bound_tx,
         )

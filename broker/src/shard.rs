@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -34,6 +34,9 @@ pub(crate) const STOP_POLL: Duration = Duration::from_millis(50);
 /// The shard that changes the topic table.
 pub(crate) const CONTROLLER: usize = 0;
 
+/// The per-shard listener addresses, indexed by shard id (filled in as shards start).
+pub(crate) type Endpoints = Arc<Mutex<Vec<Option<SocketAddr>>>>;
+
 /// A partition: `(topic, index)`.
 pub(crate) type PartitionKey = (String, u32);
 
@@ -42,8 +45,8 @@ pub(crate) struct Shard {
     pub config: BrokerConfig,
     pub stopping: Arc<AtomicBool>,
     pub mesh: Mesh,
-    /// The address clients reach this broker at.
-    pub endpoint: SocketAddr,
+    /// Each shard's own listener, by shard (mesh) id, as the shards report them.
+    pub endpoints: Endpoints,
     /// The newest topic table this shard applied.
     pub topics: RefCell<Rc<TopicTable>>,
     /// The partitions this shard owns.
@@ -386,11 +389,13 @@ fn fail_all(names: impl Iterator<Item = String>, error: ErrorCode, why: &str) ->
 /// Starts shard thread `index` (pinned to a core). It binds `listen`, reports the bound address on
 /// `bound`, joins the mesh, opens its partitions, serves until `stopping` is set, then finishes its
 /// connections' in-flight requests, closes its logs and returns.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     index: usize,
     config: BrokerConfig,
     listen: SocketAddr,
     mesh: mesh::Builder,
+    endpoints: Endpoints,
     stopping: Arc<AtomicBool>,
     bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -417,8 +422,16 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            let endpoint = listener.local_addr().unwrap_or(listen);
-            let _ = bound.send(Ok(endpoint));
+            let shared_addr = listener.local_addr().unwrap_or(listen);
+            let own_port = config.shard_port_base.map_or(0, |b| b + index as u16);
+            let own = match TcpListener::bind(SocketAddr::new(listen.ip(), own_port)) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = bound.send(Err(format!("shard {index} binding port {own_port}: {e}")));
+                    return;
+                }
+            };
+            let _ = bound.send(Ok(shared_addr));
             let (mesh, receivers) = match Mesh::join(mesh).await {
                 Ok(m) => m,
                 Err(e) => {
@@ -426,6 +439,12 @@ pub(crate) fn spawn(
                     return;
                 }
             };
+            if let (Ok(addr), Ok(mut all)) = (own.local_addr(), endpoints.lock()) {
+                if let Some(slot) = all.get_mut(mesh.id) {
+                    *slot = Some(addr);
+                }
+                tracing::info!(shard = mesh.id, address = %addr, "shard listener");
+            }
             let table = match TopicTable::load(&config.data_dir) {
                 Ok(t) => t,
                 Err(e) => {
@@ -437,7 +456,7 @@ pub(crate) fn spawn(
                 config,
                 stopping,
                 mesh,
-                endpoint,
+                endpoints,
                 topics: RefCell::new(Rc::new(TopicTable { revision: 0, topics: Vec::new() })),
                 partitions: RefCell::new(HashMap::new()),
                 apply_lock: Semaphore::new(1),
@@ -458,7 +477,7 @@ pub(crate) fn spawn(
                     }
                 }
             }
-            serve(listener, shard.clone()).await;
+            futures_lite::future::zip(serve(listener, shard.clone()), serve(own, shard.clone())).await;
             let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard.partitions.borrow_mut().drain().collect();
             for (key, p) in partitions {
                 if let Err(e) = p.log.close().await {

@@ -504,3 +504,34 @@ fn group_offsets_are_committed_fetched_and_survive_a_restart() {
     assert!(fetch_offsets(&mut s, "nobody").is_empty());
     assert_eq!(broker.terminate(), 0);
 }
+
+#[test]
+fn metadata_advertises_each_shards_own_listener_and_it_serves_the_owned_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "direct", 6, &[]).error, ErrorCode::None);
+    let m = metadata(&mut s, Some(vec!["direct".into()]));
+    assert_eq!(m.endpoints.len(), 2);
+    let ports: std::collections::BTreeSet<u16> = m.endpoints.iter().map(|e| e.port).collect();
+    assert_eq!(ports.len(), 2, "each shard has its own port");
+    assert!(!ports.contains(&broker.addr.port()));
+    for p in &m.topics[0].partitions {
+        let e = m
+            .endpoints
+            .iter()
+            .find(|e| e.shard == p.shard)
+            .expect("owner's endpoint");
+        let addr: std::net::SocketAddr = format!("{}:{}", e.host, e.port).parse().unwrap();
+        let mut owner = std::net::TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+        owner.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let b = batch("direct", 2, 0);
+        let r = produce(&mut owner, "direct", p.partition, -1, &b);
+        assert_eq!((r.error, r.base_offset), (ErrorCode::None, 0));
+        assert_eq!(
+            split(&fetch(&mut owner, "direct", p.partition, 0, 0, 0).2),
+            vec![stored(&b, 0)]
+        );
+    }
+    assert_eq!(broker.terminate(), 0);
+}

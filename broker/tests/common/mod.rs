@@ -37,6 +37,9 @@ impl Broker {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !line.contains("mlog-broker listening") {
+                    continue;
+                }
                 if let Some(rest) = line.split("address=").nth(1) {
                     let addr = rest
                         .split_whitespace()
