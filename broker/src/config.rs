@@ -24,6 +24,8 @@ pub struct BrokerConfig {
     pub shard_port_base: Option<u16>,
     /// Largest frame a peer may send; larger length fields close the connection.
     pub max_frame_bytes: usize,
+    /// How often each shard applies its partitions' retention (`retention.ms`, `retention.bytes`).
+    pub retention_check_ms: u64,
     /// Microseconds an idle shard spins before parking (0: park at once, no busy-spinning).
     pub spin_before_park_us: u64,
     /// I/O memory each shard registers with io_uring (counts against `RLIMIT_MEMLOCK`).
@@ -38,6 +40,7 @@ impl Default for BrokerConfig {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard_port_base: None,
             max_frame_bytes: mlog_wire::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            retention_check_ms: 60_000,
             spin_before_park_us: 0,
             io_memory_bytes: 2 << 20,
         }
@@ -53,6 +56,7 @@ struct FileConfig {
     shards: Option<usize>,
     shard_port_base: Option<u16>,
     max_frame_bytes: Option<usize>,
+    retention_check_ms: Option<u64>,
     spin_before_park_us: Option<u64>,
     io_memory_bytes: Option<usize>,
 }
@@ -67,7 +71,7 @@ struct FileConfig {
 )]
 pub struct Args {
     /// TOML configuration file (keys: listen, data_dir, shards, shard_port_base, max_frame_bytes,
-    /// spin_before_park_us, io_memory_bytes).
+    /// retention_check_ms, spin_before_park_us, io_memory_bytes).
     #[arg(long, env = "MLOG_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9092].
@@ -85,6 +89,9 @@ pub struct Args {
     /// Largest accepted frame in bytes [default: 64 MiB].
     #[arg(long, env = "MLOG_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// Milliseconds between retention passes [default: 60000].
+    #[arg(long, env = "MLOG_RETENTION_CHECK_MS")]
+    pub retention_check_ms: Option<u64>,
     /// Spin this many microseconds before parking an idle shard [default: 0].
     #[arg(long, env = "MLOG_SPIN_BEFORE_PARK_US")]
     pub spin_before_park_us: Option<u64>,
@@ -138,6 +145,10 @@ impl BrokerConfig {
                 .max_frame_bytes
                 .or(file.max_frame_bytes)
                 .unwrap_or(d.max_frame_bytes),
+            retention_check_ms: args
+                .retention_check_ms
+                .or(file.retention_check_ms)
+                .unwrap_or(d.retention_check_ms),
             spin_before_park_us: args
                 .spin_before_park_us
                 .or(file.spin_before_park_us)
@@ -161,6 +172,11 @@ impl BrokerConfig {
         {
             return Err(ConfigError::Invalid(
                 "shard_port_base + shards must be valid ports",
+            ));
+        }
+        if self.retention_check_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "retention_check_ms must be at least 1",
             ));
         }
         if self.max_frame_bytes < 1024 {

@@ -324,9 +324,29 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest<'_>) -> ProduceResponse 
             }));
         }
     }
+    // `timeout_ms` bounds the wait for acknowledgements; appends still under way when it passes
+    // run to completion in the background (as in Kafka, a timeout does not mean "not written").
+    let deadline = Instant::now() + Duration::from_millis(req.timeout_ms as u64);
     let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(task.await);
+    let timed_out = Produced {
+        error: ErrorCode::RequestTimedOut,
+        base_offset: -1,
+        log_start_offset: -1,
+    };
+    for mut task in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let outcome = futures_lite::future::or(async { Some((&mut task).await) }, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await;
+        match outcome {
+            Some(r) => results.push(r),
+            None => {
+                task.detach();
+                results.push(timed_out);
+            }
+        }
     }
     let mut results = results.into_iter();
     ProduceResponse {

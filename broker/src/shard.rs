@@ -477,6 +477,7 @@ pub(crate) fn spawn(
                     }
                 }
             }
+            spawn_retention(shard.clone());
             futures_lite::future::zip(serve(listener, shard.clone()), serve(own, shard.clone())).await;
             let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard.partitions.borrow_mut().drain().collect();
             for (key, p) in partitions {
@@ -486,6 +487,35 @@ pub(crate) fn spawn(
             }
         });
     })
+}
+
+/// Applies retention to this shard's partitions every `retention_check_ms`, until stopping.
+fn spawn_retention(shard: Rc<Shard>) {
+    glommio::spawn_local(async move {
+        let every = Duration::from_millis(shard.config.retention_check_ms);
+        let mut next = std::time::Instant::now() + every;
+        while !shard.stopping() {
+            glommio::timer::sleep(STOP_POLL.min(every)).await;
+            if std::time::Instant::now() < next {
+                continue;
+            }
+            next += every;
+            let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard
+                .partitions
+                .borrow()
+                .iter()
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect();
+            for (key, p) in partitions {
+                match p.log.enforce_retention(std::time::SystemTime::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(topic = %key.0, partition = key.1, segments = n, "retention deleted segments"),
+                    Err(e) => tracing::warn!(topic = %key.0, partition = key.1, error = %e, "retention failed"),
+                }
+            }
+        }
+    })
+    .detach();
 }
 
 /// Accepts until stopping, then waits for every connection task to finish.

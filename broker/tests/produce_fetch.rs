@@ -535,3 +535,54 @@ fn metadata_advertises_each_shards_own_listener_and_it_serves_the_owned_partitio
     }
     assert_eq!(broker.terminate(), 0);
 }
+
+#[test]
+fn retention_runs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &["--retention-check-ms", "100"]);
+    let mut s = broker.connect();
+    let configs = [
+        ("segment.bytes", "65536"),
+        ("max.message.bytes", "16384"),
+        ("retention.bytes", "131072"),
+    ];
+    assert_eq!(create(&mut s, "short", 1, &configs).error, ErrorCode::None);
+    for i in 0..100 {
+        assert_eq!(
+            produce(&mut s, "short", 0, 1, &batch(&format!("r{i}"), 40, i)).error,
+            ErrorCode::None
+        );
+    }
+    let earliest = |s: &mut std::net::TcpStream| -> i64 {
+        let lo: ListOffsetsResponse = call(
+            s,
+            ApiKey::ListOffsets,
+            31,
+            &ListOffsetsRequest {
+                topics: vec![ListOffsetsTopic {
+                    name: "short".into(),
+                    partitions: vec![ListOffsetsPartition {
+                        partition: 0,
+                        timestamp: EARLIEST_TIMESTAMP,
+                    }],
+                }],
+            },
+        );
+        lo.topics[0].partitions[0].offset
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while earliest(&mut s) == 0 {
+        assert!(Instant::now() < deadline, "retention never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What remains is readable from the new start.
+    let start = earliest(&mut s);
+    let (err, _, data) = fetch(&mut s, "short", 0, start, 0, 0);
+    assert_eq!(err, ErrorCode::None);
+    assert!(!split(&data).is_empty());
+    assert_eq!(
+        fetch(&mut s, "short", 0, 0, 0, 0).0,
+        ErrorCode::OffsetOutOfRange
+    );
+    assert_eq!(broker.terminate(), 0);
+}
