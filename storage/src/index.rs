@@ -34,7 +34,12 @@ struct IndexFile {
     entry_bytes: usize,
     entries: usize,
     max_entries: usize,
+    /// Bytes from the start of the file whose blocks are reserved (writable map only).
+    reserved: u64,
 }
+
+/// Index blocks are reserved in steps of this size.
+const RESERVE_STEP_BYTES: u64 = 64 << 10;
 
 impl IndexFile {
     /// Opens (creating if needed) an index. `writable` maps it read-write at its maximum size;
@@ -55,6 +60,7 @@ impl IndexFile {
             entry_bytes,
             entries: len / entry_bytes,
             max_entries: max_bytes as usize / entry_bytes,
+            reserved: 0,
         };
         if writable {
             index.make_writable()?;
@@ -90,6 +96,11 @@ impl IndexFile {
             return false;
         }
         let at = self.entries * self.entry_bytes;
+        if self.reserve((at + entry.len()) as u64).is_err() {
+            // No space for the entry: skip it. The index is sparse, so a missing entry only makes
+            // lookups scan a little further; the append itself already succeeded.
+            return false;
+        }
         match &mut self.map {
             Map::ReadWrite(m) => m[at..at + entry.len()].copy_from_slice(entry),
             _ => return false,
@@ -100,6 +111,35 @@ impl IndexFile {
 
     fn is_full(&self) -> bool {
         self.entries >= self.max_entries
+    }
+
+    /// Makes sure the blocks under the first `needed` bytes exist, reserving `RESERVE_STEP_BYTES` at a
+    /// time: a store into a sparse page of the map would need a block at fault time, and on a full
+    /// disk the kernel answers that with SIGBUS instead of an error. `needed` never exceeds the
+    /// file's length.
+    fn reserve(&mut self, needed: u64) -> std::io::Result<()> {
+        if needed <= self.reserved {
+            return Ok(());
+        }
+        let limit = (self.max_entries * self.entry_bytes) as u64;
+        let target = needed
+            .div_ceil(RESERVE_STEP_BYTES)
+            .saturating_mul(RESERVE_STEP_BYTES)
+            .min(limit)
+            .max(needed);
+        // SAFETY: plain syscall on a file descriptor this struct owns; no memory is passed.
+        let err = unsafe {
+            libc::posix_fallocate(
+                self.file.as_raw_fd(),
+                self.reserved as libc::off_t,
+                (target - self.reserved) as libc::off_t,
+            )
+        };
+        if err != 0 {
+            return Err(std::io::Error::from_raw_os_error(err));
+        }
+        self.reserved = target;
+        Ok(())
     }
 
     /// Keeps only the first `n` entries (zeroing the rest of a writable map).
@@ -128,17 +168,11 @@ impl IndexFile {
         self.map = Map::None;
         let len = (self.max_entries * self.entry_bytes) as u64;
         self.file.set_len(len).ctx("sizing index", &self.path)?;
-        // Reserve the blocks now: a store into a sparse page of the map would need a block at fault
-        // time, and on a full disk the kernel answers that with SIGBUS instead of an error.
-        // SAFETY: plain syscall on a file descriptor this struct owns; no memory is passed.
-        let err = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, len as libc::off_t) };
-        if err != 0 {
-            return Err(crate::error::StorageError::io(
-                "reserving index blocks",
-                &self.path,
-                std::io::Error::from_raw_os_error(err),
-            ));
-        }
+        // The file is sparse; blocks are reserved step by step as entries arrive (`reserve`).
+        self.reserved = 0;
+        let in_use = (self.entries.min(self.max_entries) * self.entry_bytes) as u64;
+        self.reserve(in_use)
+            .ctx("reserving index blocks", &self.path)?;
         // SAFETY: the file is owned by this log's shard, which is the only writer; it is never
         // shrunk while this map exists (every resize drops the map first).
         let map =
