@@ -1,6 +1,7 @@
 //! Request dispatch: decode the header, check the API and version, run the handler, encode the
 //! answer. Every failure to decode becomes an error response; nothing here panics on input.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::{ApiKey, DecodeError, ErrorCode, Wire};
 
 use crate::group_offsets;
-use crate::mesh::{Op, Reply};
+use crate::mesh::{FetchItem, Op, ProduceItem, Reply};
 use crate::partition::{Acks, Offsets, Produced};
 use crate::shard::{Shard, CONTROLLER};
 use crate::topics;
@@ -266,85 +267,79 @@ fn exists(shard: &Shard, topic: &str, partition: u32) -> bool {
         .is_some_and(|t| partition < t.partitions)
 }
 
-/// Appends to every partition of the request at once (each on its owner shard) and answers in
-/// request order.
+/// Appends to every partition of the request at once: the partitions this shard owns directly, the
+/// others in one message per owner shard. Answers in request order.
 async fn produce(shard: &Rc<Shard>, req: ProduceRequest<'_>) -> ProduceResponse {
-    let acks = Acks::from_i8(req.acks);
-    let mut tasks = Vec::new();
-    for t in &req.topics {
-        for p in &t.partitions {
-            let (topic, partition) = (t.name.to_string(), p.partition);
-            let records = p.records.0.to_vec();
-            let shard = shard.clone();
-            tasks.push(glommio::spawn_local(async move {
-                let unknown = Produced {
-                    error: ErrorCode::UnknownTopicOrPartition,
-                    base_offset: -1,
-                    log_start_offset: -1,
-                };
-                let Some(acks) = acks else {
-                    return Produced {
-                        error: ErrorCode::InvalidAcks,
-                        ..unknown
-                    };
-                };
-                if !exists(&shard, &topic, partition) {
-                    return unknown;
-                }
-                let owner = topics::owner(&topic, partition, shard.mesh.shards);
-                if owner == shard.id() {
-                    return match shard.partition(&topic, partition) {
-                        Some(p) => p.produce(BytesMut::from(&records[..]), acks).await,
-                        None => Produced {
-                            error: ErrorCode::StorageError,
-                            ..unknown
-                        },
-                    };
-                }
-                match shard
-                    .mesh
-                    .call(
-                        &shard,
-                        owner,
-                        Op::Produce {
-                            topic,
-                            partition,
-                            acks,
-                            records,
-                        },
-                    )
-                    .await
-                {
-                    Ok(Reply::Produced(p)) => p,
-                    _ => Produced {
-                        error: ErrorCode::Unknown,
-                        ..unknown
-                    },
-                }
-            }));
-        }
-    }
-    // `timeout_ms` bounds the wait for acknowledgements; appends still under way when it passes
-    // run to completion in the background (as in Kafka, a timeout does not mean "not written").
-    let deadline = Instant::now() + Duration::from_millis(req.timeout_ms as u64);
-    let mut results = Vec::with_capacity(tasks.len());
-    let timed_out = Produced {
-        error: ErrorCode::RequestTimedOut,
+    let failed = |error| Produced {
+        error,
         base_offset: -1,
         log_start_offset: -1,
     };
-    for mut task in tasks {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let outcome = futures_lite::future::or(async { Some((&mut task).await) }, async {
-            glommio::timer::sleep(left).await;
-            None
-        })
-        .await;
-        match outcome {
-            Some(r) => results.push(r),
-            None => {
-                task.detach();
-                results.push(timed_out);
+    let acks = Acks::from_i8(req.acks);
+    let mut results = Vec::new();
+    let mut groups: BTreeMap<usize, (Vec<usize>, Vec<ProduceItem>)> = BTreeMap::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            let index = results.len();
+            results.push(failed(ErrorCode::UnknownTopicOrPartition));
+            if acks.is_none() {
+                results[index] = failed(ErrorCode::InvalidAcks);
+            } else if exists(shard, t.name, p.partition) {
+                let owner = topics::owner(t.name, p.partition, shard.mesh.shards);
+                let group = groups.entry(owner).or_default();
+                group.0.push(index);
+                group.1.push(ProduceItem {
+                    topic: t.name.to_string(),
+                    partition: p.partition,
+                    records: BytesMut::from(p.records.0),
+                });
+            }
+        }
+    }
+    if let Some(acks) = acks {
+        let tasks: Vec<_> = groups
+            .into_iter()
+            .map(|(owner, (indexes, items))| {
+                let shard = shard.clone();
+                let task = glommio::spawn_local(async move {
+                    let n = items.len();
+                    if owner == shard.id() {
+                        return shard.produce_owned(acks, items).await;
+                    }
+                    match shard
+                        .mesh
+                        .call(&shard, owner, Op::Produce { acks, items })
+                        .await
+                    {
+                        Ok(Reply::Produced(p)) if p.len() == n => p,
+                        _ => vec![failed(ErrorCode::Unknown); n],
+                    }
+                });
+                (indexes, task)
+            })
+            .collect();
+        // `timeout_ms` bounds the wait for acknowledgements; appends still under way when it passes
+        // run to completion in the background (as in Kafka, a timeout does not mean "not written").
+        let deadline = Instant::now() + Duration::from_millis(req.timeout_ms as u64);
+        for (indexes, mut task) in tasks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let outcome = futures_lite::future::or(async { Some((&mut task).await) }, async {
+                glommio::timer::sleep(left).await;
+                None
+            })
+            .await;
+            match outcome {
+                Some(answers) => {
+                    for (i, r) in indexes.into_iter().zip(answers) {
+                        results[i] = r;
+                    }
+                }
+                None => {
+                    task.detach();
+                    for i in indexes {
+                        results[i] = failed(ErrorCode::RequestTimedOut);
+                    }
+                }
             }
         }
     }
@@ -380,80 +375,106 @@ struct FetchedPartition {
     data: Vec<Piece>,
 }
 
+impl FetchedPartition {
+    fn len(&self) -> usize {
+        self.data.iter().map(|d| d.bytes().len()).sum()
+    }
+}
+
 /// Reads every partition of the request; if fewer than `min_bytes` came back, waits (up to
 /// `max_wait_ms`) for an append to any of them and reads again. The batches are written to the
 /// socket as stored: local ones without a copy.
 async fn fetch(shard: &Rc<Shard>, id: u32, req: FetchRequest, pieces: &mut Vec<Piece>) {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms as u64);
     loop {
-        let mut total = 0usize;
-        let mut answers: Vec<(String, Vec<FetchedPartition>)> = Vec::new();
-        for t in &req.topics {
-            let mut parts = Vec::new();
-            for p in &t.partitions {
-                let budget = (req.max_bytes as usize)
-                    .saturating_sub(total)
-                    .min(p.max_bytes as usize);
-                let f = fetch_one(shard, &t.name, p, budget.max(1)).await;
-                total += f.data.iter().map(|d| d.bytes().len()).sum::<usize>();
-                parts.push(f);
-            }
-            answers.push((t.name.clone(), parts));
-        }
+        let answers = read_all(shard, &req).await;
+        let total: usize = answers
+            .iter()
+            .flat_map(|(_, parts)| parts)
+            .map(FetchedPartition::len)
+            .sum();
         let waited_enough = Instant::now() >= deadline || total >= req.min_bytes as usize;
         if waited_enough || !wait_for_any(shard, &req, deadline).await {
-            encode_fetch(id, answers, pieces);
+            encode_fetch(id, answers, req.max_bytes as usize, pieces);
             return;
         }
     }
 }
 
-async fn fetch_one(
-    shard: &Rc<Shard>,
-    topic: &str,
-    p: &FetchPartition,
-    max_bytes: usize,
-) -> FetchedPartition {
-    let failed = |error| FetchedPartition {
-        partition: p.partition,
+/// Reads every partition of the request once: this shard's own directly, the others in one message
+/// per owner shard.
+async fn read_all(shard: &Rc<Shard>, req: &FetchRequest) -> Vec<(String, Vec<FetchedPartition>)> {
+    let failed = |partition, error| FetchedPartition {
+        partition,
         error,
         high_watermark: -1,
         log_start_offset: -1,
         data: Vec::new(),
     };
-    if !exists(shard, topic, p.partition) {
-        return failed(ErrorCode::UnknownTopicOrPartition);
+    let mut slots: Vec<FetchedPartition> = Vec::new();
+    let mut groups: BTreeMap<usize, (Vec<usize>, Vec<FetchItem>)> = BTreeMap::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            let index = slots.len();
+            slots.push(failed(p.partition, ErrorCode::UnknownTopicOrPartition));
+            if exists(shard, &t.name, p.partition) {
+                let owner = topics::owner(&t.name, p.partition, shard.mesh.shards);
+                let group = groups.entry(owner).or_default();
+                group.0.push(index);
+                group.1.push(FetchItem {
+                    topic: t.name.clone(),
+                    partition: p.partition,
+                    offset: p.fetch_offset,
+                    max_bytes: (p.max_bytes.min(req.max_bytes) as usize).max(1),
+                });
+            }
+        }
     }
-    let owner = topics::owner(topic, p.partition, shard.mesh.shards);
-    if owner == shard.id() {
-        let Some(part) = shard.partition(topic, p.partition) else {
-            return failed(ErrorCode::StorageError);
-        };
-        let f = part.fetch(p.fetch_offset, max_bytes).await;
-        return FetchedPartition {
-            partition: p.partition,
-            error: f.error,
-            high_watermark: f.high_watermark,
-            log_start_offset: f.log_start_offset,
-            data: f.data.chunks.into_iter().map(Piece::Batches).collect(),
-        };
+    for (owner, (indexes, items)) in groups {
+        if owner == shard.id() {
+            for (i, item) in indexes.into_iter().zip(&items) {
+                let f = shard.fetch_owned(item).await;
+                slots[i] = FetchedPartition {
+                    partition: item.partition,
+                    error: f.error,
+                    high_watermark: f.high_watermark,
+                    log_start_offset: f.log_start_offset,
+                    data: f.data.chunks.into_iter().map(Piece::Batches).collect(),
+                };
+            }
+            continue;
+        }
+        let n = items.len();
+        let partitions: Vec<u32> = items.iter().map(|i| i.partition).collect();
+        match shard.mesh.call(shard, owner, Op::Fetch { items }).await {
+            Ok(Reply::Fetched(answers)) if answers.len() == n => {
+                for ((i, partition), f) in indexes.into_iter().zip(partitions).zip(answers) {
+                    slots[i] = FetchedPartition {
+                        partition,
+                        error: f.error,
+                        high_watermark: f.high_watermark,
+                        log_start_offset: f.log_start_offset,
+                        data: vec![Piece::Copied(f.data)],
+                    };
+                }
+            }
+            _ => {
+                for (i, partition) in indexes.into_iter().zip(partitions) {
+                    slots[i] = failed(partition, ErrorCode::Unknown);
+                }
+            }
+        }
     }
-    let op = Op::Fetch {
-        topic: topic.to_string(),
-        partition: p.partition,
-        offset: p.fetch_offset,
-        max_bytes,
-    };
-    match shard.mesh.call(shard, owner, op).await {
-        Ok(Reply::Fetched(f)) => FetchedPartition {
-            partition: p.partition,
-            error: f.error,
-            high_watermark: f.high_watermark,
-            log_start_offset: f.log_start_offset,
-            data: vec![Piece::Copied(f.data)],
-        },
-        _ => failed(ErrorCode::Unknown),
-    }
+    let mut slots = slots.into_iter();
+    req.topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                slots.by_ref().take(t.partitions.len()).collect(),
+            )
+        })
+        .collect()
 }
 
 /// Waits until any requested partition gets data past its fetch offset, or the deadline. Returns
@@ -506,8 +527,29 @@ async fn wait_for_any(shard: &Rc<Shard>, req: &FetchRequest, deadline: Instant) 
     // Dropping `waits` cancels the waits that did not fire.
 }
 
-/// Encodes a fetch response by hand so that batch bytes go to the socket untouched.
-fn encode_fetch(id: u32, answers: Vec<(String, Vec<FetchedPartition>)>, pieces: &mut Vec<Piece>) {
+/// Encodes a fetch response by hand so that batch bytes go to the socket untouched. The response
+/// holds at most `max_bytes` of batches, except that the first partition with data is always sent
+/// whole (so a consumer can always progress); partitions past the limit come back empty.
+fn encode_fetch(
+    id: u32,
+    mut answers: Vec<(String, Vec<FetchedPartition>)>,
+    max_bytes: usize,
+    pieces: &mut Vec<Piece>,
+) {
+    let mut budget = max_bytes;
+    let mut first = true;
+    for p in answers.iter_mut().flat_map(|(_, parts)| parts.iter_mut()) {
+        let len = p.len();
+        if len == 0 {
+            continue;
+        }
+        if first || len <= budget {
+            budget = budget.saturating_sub(len);
+            first = false;
+        } else {
+            p.data.clear();
+        }
+    }
     let body_len: usize = 4 + answers
         .iter()
         .map(|(name, parts)| {

@@ -34,20 +34,11 @@ pub(crate) enum Op {
     Create(Vec<NewTopic>),
     /// (To the controller) delete topics.
     Delete(Vec<String>),
-    /// Append batches to a partition this shard owns.
-    Produce {
-        topic: String,
-        partition: u32,
-        acks: Acks,
-        records: Vec<u8>,
-    },
-    /// Read a partition this shard owns (the bytes are copied into the reply).
-    Fetch {
-        topic: String,
-        partition: u32,
-        offset: i64,
-        max_bytes: usize,
-    },
+    /// Append batches to partitions this shard owns (every partition of one request that this
+    /// shard owns travels in one message).
+    Produce { acks: Acks, items: Vec<ProduceItem> },
+    /// Read partitions this shard owns (the bytes are copied into the reply).
+    Fetch { items: Vec<FetchItem> },
     /// Return once the partition's log end passes `offset`, or at `deadline`.
     WaitForData {
         topic: String,
@@ -75,11 +66,28 @@ pub(crate) enum Op {
 pub(crate) enum Reply {
     Done,
     TopicResults(Vec<TopicResult>),
-    Produced(Produced),
-    Fetched(RemoteFetch),
+    Produced(Vec<Produced>),
+    Fetched(Vec<RemoteFetch>),
     Offsets(Offsets),
     Committed(mlog_wire::protocol::ErrorCode),
     GroupOffsets(Vec<Commit>),
+}
+
+/// Batches for one partition of a produce request.
+#[derive(Debug)]
+pub(crate) struct ProduceItem {
+    pub topic: String,
+    pub partition: u32,
+    pub records: bytes::BytesMut,
+}
+
+/// One partition of a fetch request.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchItem {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub max_bytes: usize,
 }
 
 /// A fetch answered by another shard: its bytes, copied.

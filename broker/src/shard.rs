@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -25,8 +24,8 @@ use mlog_wire::protocol::ErrorCode;
 use crate::config::BrokerConfig;
 use crate::connection;
 use crate::group_offsets::{self, GroupOffsets, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
-use crate::mesh::{self, Mesh, Op, RemoteFetch, Reply};
-use crate::partition::{Offsets, Partition, Produced};
+use crate::mesh::{self, FetchItem, Mesh, Op, ProduceItem, RemoteFetch, Reply};
+use crate::partition::{Acks, Fetched, Offsets, Partition, Produced};
 use crate::topics::{self, TopicRecord, TopicTable};
 
 /// How often idle loops look at the stop flag.
@@ -75,41 +74,20 @@ impl Shard {
             }
             Op::Create(topics) => Reply::TopicResults(self.create_topics(topics).await),
             Op::Delete(names) => Reply::TopicResults(self.delete_topics(names).await),
-            Op::Produce {
-                topic,
-                partition,
-                acks,
-                records,
-            } => Reply::Produced(match self.partition(&topic, partition) {
-                Some(p) => p.produce(BytesMut::from(&records[..]), acks).await,
-                None => Produced {
-                    error: ErrorCode::UnknownTopicOrPartition,
-                    base_offset: -1,
-                    log_start_offset: -1,
-                },
-            }),
-            Op::Fetch {
-                topic,
-                partition,
-                offset,
-                max_bytes,
-            } => Reply::Fetched(match self.partition(&topic, partition) {
-                Some(p) => {
-                    let f = p.fetch(offset, max_bytes).await;
-                    RemoteFetch {
+            Op::Produce { acks, items } => Reply::Produced(self.produce_owned(acks, items).await),
+            Op::Fetch { items } => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    let f = self.fetch_owned(&item).await;
+                    out.push(RemoteFetch {
                         error: f.error,
                         high_watermark: f.high_watermark,
                         log_start_offset: f.log_start_offset,
                         data: f.data.to_vec(),
-                    }
+                    });
                 }
-                None => RemoteFetch {
-                    error: ErrorCode::UnknownTopicOrPartition,
-                    high_watermark: -1,
-                    log_start_offset: -1,
-                    data: Vec::new(),
-                },
-            }),
+                Reply::Fetched(out)
+            }
             Op::WaitForData {
                 topic,
                 partition,
@@ -149,6 +127,48 @@ impl Shard {
                     high_watermark: -1,
                 },
             }),
+        }
+    }
+
+    /// Appends to partitions this shard owns, all at once, answering in `items` order.
+    pub(crate) async fn produce_owned(
+        self: &Rc<Self>,
+        acks: Acks,
+        items: Vec<ProduceItem>,
+    ) -> Vec<Produced> {
+        let tasks: Vec<_> = items
+            .into_iter()
+            .map(|item| {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    match shard.partition(&item.topic, item.partition) {
+                        Some(p) => p.produce(item.records, acks).await,
+                        None => Produced {
+                            error: ErrorCode::UnknownTopicOrPartition,
+                            base_offset: -1,
+                            log_start_offset: -1,
+                        },
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await);
+        }
+        out
+    }
+
+    /// Reads a partition this shard owns.
+    pub(crate) async fn fetch_owned(&self, item: &FetchItem) -> Fetched {
+        match self.partition(&item.topic, item.partition) {
+            Some(p) => p.fetch(item.offset, item.max_bytes).await,
+            None => Fetched {
+                error: ErrorCode::UnknownTopicOrPartition,
+                high_watermark: -1,
+                log_start_offset: -1,
+                data: Default::default(),
+            },
         }
     }
 
