@@ -19,6 +19,8 @@ use crate::shard::{Shard, STOP_POLL};
 
 /// Bytes read from the socket at a time while no frame length is known.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// How long a write to a client may block.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a stopping broker waits for a half-received frame.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -28,6 +30,8 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    // A peer that stops reading must not pin this connection (and a stopping shard) forever.
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut pieces = Vec::new();
     loop {
@@ -41,6 +45,9 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
                         return;
                     }
                 }
+                // Release the response's buffers (cache entries, DMA reads) before waiting for the
+                // next request.
+                pieces.clear();
                 if ctx.stopping() {
                     return;
                 }
@@ -62,9 +69,11 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
 /// is stopping while this connection is idle.
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &Shard) -> bool {
     let start = buf.len();
-    // A known frame length says how much to read; check_frame already bounded it.
+    // A known frame length says how much is still to come (check_frame bounded it); the buffer
+    // grows by at most a chunk per read, so a slow or lying peer cannot make it allocate (and
+    // zero) a whole frame in advance.
     let want = match buf.first_chunk::<4>() {
-        Some(len) => (u32::from_be_bytes(*len) as usize + 4 - start).max(1),
+        Some(len) => (u32::from_be_bytes(*len) as usize + 4 - start).clamp(1, READ_CHUNK_BYTES),
         None => READ_CHUNK_BYTES,
     };
     buf.resize(start + want, 0);

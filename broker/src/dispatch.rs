@@ -99,6 +99,11 @@ async fn serve_api(
     out: &mut BytesMut,
     pieces: &mut Vec<Piece>,
 ) -> Result<(), DecodeError> {
+    let too_many = |n: usize| n > MAX_REQUEST_PARTITIONS;
+    let refuse = |out: &mut BytesMut| {
+        let msg = format!("a request may name at most {MAX_REQUEST_PARTITIONS} partitions");
+        encode_error_response(out, id, ErrorCode::InvalidRequest, &msg);
+    };
     match api {
         ApiKey::ApiVersions => {
             decode_body::<ApiVersionsRequest>(body, "ApiVersionsRequest")?;
@@ -120,6 +125,10 @@ async fn serve_api(
         }
         ApiKey::Produce => {
             let req = decode_body::<ProduceRequest<'_>>(body, "ProduceRequest")?;
+            if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+                refuse(out);
+                return Ok(());
+            }
             let acks = req.acks;
             let resp = produce(shard, req).await;
             if acks != 0 {
@@ -128,18 +137,40 @@ async fn serve_api(
         }
         ApiKey::Fetch => {
             let req = decode_body::<FetchRequest>(body, "FetchRequest")?;
+            if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+                refuse(out);
+                return Ok(());
+            }
             fetch(shard, id, req, pieces).await;
         }
         ApiKey::ListOffsets => {
             let req = decode_body::<ListOffsetsRequest>(body, "ListOffsetsRequest")?;
+            if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+                refuse(out);
+                return Ok(());
+            }
             encode_response(out, id, &list_offsets(shard, req).await);
         }
         ApiKey::OffsetCommit => {
             let req = decode_body::<OffsetCommitRequest>(body, "OffsetCommitRequest")?;
+            if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+                refuse(out);
+                return Ok(());
+            }
             encode_response(out, id, &offset_commit(shard, req).await);
         }
         ApiKey::OffsetFetch => {
             let req = decode_body::<OffsetFetchRequest>(body, "OffsetFetchRequest")?;
+            if too_many(
+                req.topics
+                    .iter()
+                    .flatten()
+                    .map(|t| t.partitions.len())
+                    .sum(),
+            ) {
+                refuse(out);
+                return Ok(());
+            }
             encode_response(out, id, &offset_fetch(shard, req).await);
         }
     }
@@ -160,13 +191,17 @@ async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> OffsetCom
         .err()
         .map(|_| ErrorCode::InvalidGroup);
     let mut commits = Vec::new();
+    let mut known = Vec::new();
     for t in &req.topics {
         for p in &t.partitions {
-            if group_error.is_none() && exists(shard, &t.name, p.partition) {
+            let exists = group_error.is_none() && exists(shard, &t.name, p.partition);
+            known.push(exists);
+            if exists {
                 commits.push((t.name.clone(), p.partition, p.offset, p.metadata.clone()));
             }
         }
     }
+    let mut known = known.into_iter();
     let stored = match group_error {
         Some(e) => e,
         None if commits.is_empty() => ErrorCode::None,
@@ -195,7 +230,7 @@ async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> OffsetCom
                     .iter()
                     .map(|p| PartitionResult {
                         partition: p.partition,
-                        error: if group_error.is_none() && !exists(shard, &t.name, p.partition) {
+                        error: if group_error.is_none() && known.next() == Some(false) {
                             ErrorCode::UnknownTopicOrPartition
                         } else {
                             stored
@@ -228,10 +263,16 @@ async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest) -> OffsetFetch
     )
     .await
     {
-        Ok(Reply::GroupOffsets(c)) => c,
+        Ok(Reply::GroupOffsets(Some(c))) => c,
+        Ok(Reply::GroupOffsets(None)) => {
+            return OffsetFetchResponse {
+                error: ErrorCode::StorageError,
+                topics: Vec::new(),
+            }
+        }
         _ => {
             return OffsetFetchResponse {
-                error: ErrorCode::Unknown,
+                error: shard.gone_error(),
                 topics: Vec::new(),
             }
         }
@@ -257,6 +298,9 @@ async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest) -> OffsetFetch
         topics: topics_out,
     }
 }
+
+/// Most partitions one request may name: bounds the work and memory a single frame can cause.
+const MAX_REQUEST_PARTITIONS: usize = 10_000;
 
 /// Whether `topic` has partition `partition` in this shard's table.
 fn exists(shard: &Shard, topic: &str, partition: u32) -> bool {
@@ -284,6 +328,9 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest<'_>) -> ProduceResponse 
             results.push(failed(ErrorCode::UnknownTopicOrPartition));
             if acks.is_none() {
                 results[index] = failed(ErrorCode::InvalidAcks);
+            } else if t.name == group_offsets::OFFSETS_TOPIC {
+                // Only the broker writes the internal topic: forged records would rewrite offsets.
+                results[index] = failed(ErrorCode::InvalidTopic);
             } else if exists(shard, t.name, p.partition) {
                 let owner = topics::owner(t.name, p.partition, shard.mesh.shards);
                 let group = groups.entry(owner).or_default();
@@ -312,15 +359,21 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest<'_>) -> ProduceResponse 
                         .await
                     {
                         Ok(Reply::Produced(p)) if p.len() == n => p,
-                        _ => vec![failed(ErrorCode::Unknown); n],
+                        _ => vec![failed(shard.gone_error()); n],
                     }
                 });
                 (indexes, task)
             })
             .collect();
-        // `timeout_ms` bounds the wait for acknowledgements; appends still under way when it passes
-        // run to completion in the background (as in Kafka, a timeout does not mean "not written").
-        let deadline = Instant::now() + Duration::from_millis(req.timeout_ms as u64);
+        // With acks=all, `timeout_ms` bounds the wait for durability; appends still under way when
+        // it passes complete in the background (as in Kafka, a timeout does not mean "not
+        // written"). Other acks levels wait for the append only, however long it takes.
+        let timeout_ms = if acks == Acks::All {
+            req.timeout_ms as u64
+        } else {
+            1 << 40
+        };
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         for (indexes, mut task) in tasks {
             let left = deadline.saturating_duration_since(Instant::now());
             let outcome = futures_lite::future::or(async { Some((&mut task).await) }, async {
@@ -381,28 +434,34 @@ impl FetchedPartition {
     }
 }
 
-/// Reads every partition of the request; if fewer than `min_bytes` came back, waits (up to
-/// `max_wait_ms`) for an append to any of them and reads again. The batches are written to the
-/// socket as stored: local ones without a copy.
+/// Longest a fetch may wait for data, whatever it asks for.
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads every partition of the request; if fewer than `min_bytes` came back (and nothing failed),
+/// waits (up to `max_wait_ms`, at most `MAX_FETCH_WAIT`) for the high watermark of any of them to
+/// rise and reads again. The batches are written to the socket as stored: local ones without a copy.
 async fn fetch(shard: &Rc<Shard>, id: u32, req: FetchRequest, pieces: &mut Vec<Piece>) {
-    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms as u64);
+    let wait = Duration::from_millis(req.max_wait_ms as u64).min(MAX_FETCH_WAIT);
+    let deadline = Instant::now() + wait;
     loop {
         let answers = read_all(shard, &req).await;
-        let total: usize = answers
-            .iter()
-            .flat_map(|(_, parts)| parts)
-            .map(FetchedPartition::len)
-            .sum();
-        let waited_enough = Instant::now() >= deadline || total >= req.min_bytes as usize;
-        if waited_enough || !wait_for_any(shard, &req, deadline).await {
-            encode_fetch(id, answers, req.max_bytes as usize, pieces);
+        let parts = || answers.iter().flat_map(|(_, parts)| parts);
+        let total: usize = parts().map(FetchedPartition::len).sum();
+        let failed = parts().any(|p| p.error != ErrorCode::None);
+        let done = failed
+            || total >= req.min_bytes as usize
+            || Instant::now() >= deadline
+            || shard.stopping();
+        if done || !wait_for_any(shard, &req, deadline).await {
+            encode_fetch(id, answers, pieces);
             return;
         }
     }
 }
 
 /// Reads every partition of the request once: this shard's own directly, the others in one message
-/// per owner shard.
+/// per owner shard, all within one byte budget (`Shard::fetch_owned_many`): the request's
+/// `max_bytes`, capped by `max_frame_bytes`.
 async fn read_all(shard: &Rc<Shard>, req: &FetchRequest) -> Vec<(String, Vec<FetchedPartition>)> {
     let failed = |partition, error| FetchedPartition {
         partition,
@@ -425,44 +484,73 @@ async fn read_all(shard: &Rc<Shard>, req: &FetchRequest) -> Vec<(String, Vec<Fet
                     topic: t.name.clone(),
                     partition: p.partition,
                     offset: p.fetch_offset,
-                    max_bytes: (p.max_bytes.min(req.max_bytes) as usize).max(1),
+                    max_bytes: p.max_bytes as usize,
                 });
             }
         }
     }
+    let mut budget = (req.max_bytes as usize).min(shard.config.max_frame_bytes / 2);
+    let mut have_data = false;
     for (owner, (indexes, items)) in groups {
-        if owner == shard.id() {
-            for (i, item) in indexes.into_iter().zip(&items) {
-                let f = shard.fetch_owned(item).await;
-                slots[i] = FetchedPartition {
-                    partition: item.partition,
-                    error: f.error,
-                    high_watermark: f.high_watermark,
-                    log_start_offset: f.log_start_offset,
-                    data: f.data.chunks.into_iter().map(Piece::Batches).collect(),
-                };
-            }
-            continue;
-        }
-        let n = items.len();
         let partitions: Vec<u32> = items.iter().map(|i| i.partition).collect();
-        match shard.mesh.call(shard, owner, Op::Fetch { items }).await {
-            Ok(Reply::Fetched(answers)) if answers.len() == n => {
-                for ((i, partition), f) in indexes.into_iter().zip(partitions).zip(answers) {
-                    slots[i] = FetchedPartition {
-                        partition,
-                        error: f.error,
-                        high_watermark: f.high_watermark,
-                        log_start_offset: f.log_start_offset,
-                        data: vec![Piece::Copied(f.data)],
-                    };
-                }
+        let answers: Vec<(ErrorCode, i64, i64, Vec<Piece>)> = if owner == shard.id() {
+            shard
+                .fetch_owned_many(&items, budget, have_data)
+                .await
+                .into_iter()
+                .map(|f| {
+                    (
+                        f.error,
+                        f.high_watermark,
+                        f.log_start_offset,
+                        f.data.chunks.into_iter().map(Piece::Batches).collect(),
+                    )
+                })
+                .collect()
+        } else {
+            let n = items.len();
+            match shard
+                .mesh
+                .call(
+                    shard,
+                    owner,
+                    Op::Fetch {
+                        items,
+                        budget,
+                        have_data,
+                    },
+                )
+                .await
+            {
+                Ok(Reply::Fetched(answers)) if answers.len() == n => answers
+                    .into_iter()
+                    .map(|f| {
+                        (
+                            f.error,
+                            f.high_watermark,
+                            f.log_start_offset,
+                            vec![Piece::Copied(f.data)],
+                        )
+                    })
+                    .collect(),
+                _ => (0..n)
+                    .map(|_| (shard.gone_error(), -1, -1, Vec::new()))
+                    .collect(),
             }
-            _ => {
-                for (i, partition) in indexes.into_iter().zip(partitions) {
-                    slots[i] = failed(partition, ErrorCode::Unknown);
-                }
-            }
+        };
+        for ((i, partition), (error, high_watermark, log_start_offset, data)) in
+            indexes.into_iter().zip(partitions).zip(answers)
+        {
+            let slot = FetchedPartition {
+                partition,
+                error,
+                high_watermark,
+                log_start_offset,
+                data,
+            };
+            budget = budget.saturating_sub(slot.len());
+            have_data |= slot.len() > 0;
+            slots[i] = slot;
         }
     }
     let mut slots = slots.into_iter();
@@ -477,8 +565,8 @@ async fn read_all(shard: &Rc<Shard>, req: &FetchRequest) -> Vec<(String, Vec<Fet
         .collect()
 }
 
-/// Waits until any requested partition gets data past its fetch offset, or the deadline. Returns
-/// false at the deadline.
+/// Waits until the high watermark of any requested partition rises, the deadline, or the broker
+/// stopping. Returns false at the deadline.
 async fn wait_for_any(shard: &Rc<Shard>, req: &FetchRequest, deadline: Instant) -> bool {
     let woke = Rc::new(event_listener::Event::new());
     let listener = woke.listen();
@@ -489,18 +577,17 @@ async fn wait_for_any(shard: &Rc<Shard>, req: &FetchRequest, deadline: Instant) 
                 continue;
             }
             let (shard, woke) = (shard.clone(), woke.clone());
-            let (topic, partition, offset) = (t.name.clone(), p.partition, p.fetch_offset);
+            let (topic, partition) = (t.name.clone(), p.partition);
             waits.push(glommio::spawn_local(async move {
                 let owner = topics::owner(&topic, partition, shard.mesh.shards);
                 if owner == shard.id() {
                     if let Some(part) = shard.partition(&topic, partition) {
-                        part.wait_for_data(offset, deadline).await;
+                        part.wait_for_data(deadline, &shard.stopping).await;
                     }
                 } else {
                     let op = Op::WaitForData {
                         topic,
                         partition,
-                        offset,
                         deadline,
                     };
                     let _ = shard.mesh.call(&shard, owner, op).await;
@@ -509,47 +596,16 @@ async fn wait_for_any(shard: &Rc<Shard>, req: &FetchRequest, deadline: Instant) 
             }));
         }
     }
-    let now = Instant::now();
-    if waits.is_empty() || now >= deadline {
+    if waits.is_empty() || Instant::now() >= deadline {
         return false;
     }
-    futures_lite::future::or(
-        async {
-            listener.await;
-            true
-        },
-        async {
-            glommio::timer::sleep(deadline - now).await;
-            false
-        },
-    )
-    .await
-    // Dropping `waits` cancels the waits that did not fire.
+    listener.await;
+    // Dropping `waits` cancels the local waits that did not fire; remote ones end at the deadline.
+    Instant::now() < deadline && !shard.stopping()
 }
 
-/// Encodes a fetch response by hand so that batch bytes go to the socket untouched. The response
-/// holds at most `max_bytes` of batches, except that the first partition with data is always sent
-/// whole (so a consumer can always progress); partitions past the limit come back empty.
-fn encode_fetch(
-    id: u32,
-    mut answers: Vec<(String, Vec<FetchedPartition>)>,
-    max_bytes: usize,
-    pieces: &mut Vec<Piece>,
-) {
-    let mut budget = max_bytes;
-    let mut first = true;
-    for p in answers.iter_mut().flat_map(|(_, parts)| parts.iter_mut()) {
-        let len = p.len();
-        if len == 0 {
-            continue;
-        }
-        if first || len <= budget {
-            budget = budget.saturating_sub(len);
-            first = false;
-        } else {
-            p.data.clear();
-        }
-    }
+/// Encodes a fetch response by hand so that batch bytes go to the socket untouched.
+fn encode_fetch(id: u32, answers: Vec<(String, Vec<FetchedPartition>)>, pieces: &mut Vec<Piece>) {
     let body_len: usize = 4 + answers
         .iter()
         .map(|(name, parts)| {

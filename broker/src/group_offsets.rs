@@ -83,10 +83,18 @@ impl GroupOffsets {
                 let mut rest: &[u8] = chunk;
                 while !rest.is_empty() {
                     let batch = RecordBatch::parse(rest).map_err(|e| e.to_string())?;
-                    for record in batch.records().map_err(|e| e.to_string())? {
-                        let record = record.map_err(|e| e.to_string())?;
-                        if let (Some(k), Some(v)) = (record.key, record.value) {
-                            table.apply_record(k, v);
+                    // Only the broker writes this topic; a batch it cannot read is skipped, not
+                    // allowed to keep every group of the partition from loading.
+                    match batch.records() {
+                        Ok(records) => {
+                            for record in records.flatten() {
+                                if let (Some(k), Some(v)) = (record.key, record.value) {
+                                    table.apply_record(k, v);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "skipping an unreadable offsets batch")
                         }
                     }
                     rest = &rest[batch.total_len()..];

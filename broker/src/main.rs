@@ -138,9 +138,9 @@ fn stop_all(
     handles: Vec<std::thread::JoinHandle<()>>,
     message: String,
 ) -> String {
+    // Not joined: started shards wait in the shard mesh for the one that failed, and they have
+    // opened no partition yet; the process exit ends them.
     stopping.store(true, Ordering::Release);
-    for h in handles {
-        let _ = h.join();
-    }
+    drop(handles);
     message
 }

@@ -37,13 +37,17 @@ pub(crate) enum Op {
     /// Append batches to partitions this shard owns (every partition of one request that this
     /// shard owns travels in one message).
     Produce { acks: Acks, items: Vec<ProduceItem> },
-    /// Read partitions this shard owns (the bytes are copied into the reply).
-    Fetch { items: Vec<FetchItem> },
-    /// Return once the partition's log end passes `offset`, or at `deadline`.
+    /// Read partitions this shard owns (the bytes are copied into the reply), at most `budget`
+    /// bytes in all, at least one batch unless `have_data` (see `dispatch::read_all`).
+    Fetch {
+        items: Vec<FetchItem>,
+        budget: usize,
+        have_data: bool,
+    },
+    /// Return at the partition's next high-watermark rise, or at `deadline`.
     WaitForData {
         topic: String,
         partition: u32,
-        offset: i64,
         deadline: Instant,
     },
     /// Look up an offset of a partition this shard owns.
@@ -70,7 +74,8 @@ pub(crate) enum Reply {
     Fetched(Vec<RemoteFetch>),
     Offsets(Offsets),
     Committed(mlog_wire::protocol::ErrorCode),
-    GroupOffsets(Vec<Commit>),
+    /// `None`: the group's offsets partition is not loaded here.
+    GroupOffsets(Option<Vec<Commit>>),
 }
 
 /// Batches for one partition of a produce request.
@@ -160,6 +165,9 @@ impl Mesh {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         self.pending.borrow_mut().insert(id, None);
+        // A caller that gives up (a fetch's long poll ends, a cancelled send) must not leave its
+        // slot behind.
+        let _forget = Forget(self, id);
         if self
             .senders
             .send_to(
@@ -176,8 +184,6 @@ impl Mesh {
             self.pending.borrow_mut().remove(&id);
             return Err(format!("shard {peer} is gone"));
         }
-        // A caller that gives up (a fetch's long poll ends) must not leave its slot behind.
-        let _forget = Forget(self, id);
         loop {
             let listener = self.arrived.listen();
             if let Some(reply) = self.take(id) {

@@ -1,9 +1,11 @@
 //! One partition as its owner shard serves it: the log, plus the wake-up for waiting fetches.
 //!
-//! Invariants: only the owner shard calls these (they run on its executor); a produce validates
-//! every batch of a request before appending any, so a request is appended whole or not at all
-//! (barring an I/O failure between batches, which fails the log); the high watermark is the log end
-//! (a single node's in-sync set is itself), so consumers see every appended record.
+//! Invariants: only the owner shard calls these (they run on its executor). A produce validates
+//! every batch of a request before appending any, and rolls back what it appended if a later batch
+//! fails, so a request is appended whole or not at all. Consumers read only below the high
+//! watermark: on `flush.policy=always` topics that is the flushed (durable) offset, so no consumer
+//! ever sees, and commits past, a record a crash could still take back; elsewhere it is the log end
+//! (a single node is its own in-sync set).
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -92,7 +94,7 @@ pub(crate) fn storage_error_code(e: &StorageError) -> ErrorCode {
 impl Partition {
     /// Appends every batch in `records` (one or more back to back), answering by `acks`. The batches
     /// are split off `records` without copying.
-    pub(crate) async fn produce(&self, mut records: BytesMut, acks: Acks) -> Produced {
+    pub(crate) async fn produce(self: &Rc<Self>, mut records: BytesMut, acks: Acks) -> Produced {
         let fail = |error| Produced {
             error,
             base_offset: -1,
@@ -122,19 +124,36 @@ impl Partition {
             match self.log.append(batch).await {
                 Ok(info) => {
                     base_offset.get_or_insert(info.base_offset);
-                    self.log.set_high_watermark(self.log.log_end_offset());
                 }
                 Err(e) => {
-                    self.appended.notify(usize::MAX);
+                    if let Some(first) = base_offset {
+                        // Undo the batches of this request already appended: the client is told
+                        // nothing was stored, so nothing may be (a retry would duplicate them).
+                        if let Err(undo) = self.log.truncate_suffix(first).await {
+                            tracing::error!(error = %undo, "rolling back a partial produce failed");
+                        }
+                    }
                     return fail(storage_error_code(&e));
                 }
             }
         }
-        self.appended.notify(usize::MAX);
-        if acks == Acks::All && self.sync_on_ack {
+        if !self.sync_on_ack {
+            self.advance_high_watermark(self.log.log_end_offset());
+        } else if acks == Acks::All {
             if let Err(e) = self.log.flush().await {
                 return fail(storage_error_code(&e));
             }
+            self.advance_high_watermark(self.log.flushed_offset());
+        } else {
+            // acks=1 on a synced topic: answer now, make the records visible once a sync covered
+            // them (group commit shares that sync with every other producer of the partition).
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                if me.log.flush().await.is_ok() {
+                    me.advance_high_watermark(me.log.flushed_offset());
+                }
+            })
+            .detach();
         }
         Produced {
             error: ErrorCode::None,
@@ -143,42 +162,62 @@ impl Partition {
         }
     }
 
-    /// Reads from `offset`, up to `max_bytes` (at least one whole batch when there is one).
-    pub(crate) async fn fetch(&self, offset: i64, max_bytes: usize) -> Fetched {
+    /// Raises the high watermark (never past the log end) and wakes waiting fetches.
+    fn advance_high_watermark(&self, offset: u64) {
+        if offset > self.log.high_watermark() {
+            self.log.set_high_watermark(offset);
+            self.appended.notify(usize::MAX);
+        }
+    }
+
+    /// Reads committed batches (below the high watermark) from `offset`, up to `max_bytes` (at
+    /// least one whole batch when there is one). `None` for `max_bytes` reads nothing: the answer
+    /// then carries only the offsets.
+    pub(crate) async fn fetch(&self, offset: i64, max_bytes: Option<usize>) -> Fetched {
         let hw = self.log.high_watermark() as i64;
         let start = self.log.log_start_offset() as i64;
+        let end = self.log.log_end_offset() as i64;
         let fetched = |error, data| Fetched {
             error,
             high_watermark: hw,
             log_start_offset: start,
             data,
         };
-        if offset < start || offset > hw {
+        if offset < start || offset > end {
             return fetched(ErrorCode::OffsetOutOfRange, LogRead::default());
         }
+        let Some(max_bytes) = max_bytes.filter(|_| offset < hw) else {
+            return fetched(ErrorCode::None, LogRead::default());
+        };
         match self.log.read(offset as u64, max_bytes).await {
-            Ok(data) => fetched(ErrorCode::None, data),
+            Ok(mut data) => {
+                data.keep_below(hw as u64);
+                fetched(ErrorCode::None, data)
+            }
             Err(e) => fetched(storage_error_code(&e), LogRead::default()),
         }
     }
 
-    /// Waits until the log end passes `offset` or `deadline` comes.
-    pub(crate) async fn wait_for_data(&self, offset: i64, deadline: Instant) {
-        let past = || self.log.log_end_offset() as i64 > offset;
-        while !past() {
-            let listener = self.appended.listen();
-            if past() {
-                return;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            futures_lite::future::or(listener, async {
-                glommio::timer::sleep(deadline - now).await;
-            })
-            .await;
+    /// Waits for the next rise of the high watermark, `deadline`, or the broker stopping.
+    pub(crate) async fn wait_for_data(
+        &self,
+        deadline: Instant,
+        stopping: &std::sync::atomic::AtomicBool,
+    ) {
+        let listener = self.appended.listen();
+        let now = Instant::now();
+        if now >= deadline {
+            return;
         }
+        futures_lite::future::or(listener, async {
+            let step = crate::shard::STOP_POLL;
+            while Instant::now() < deadline && !stopping.load(std::sync::atomic::Ordering::Acquire)
+            {
+                glommio::timer::sleep(step.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+        })
+        .await;
     }
 
     /// Stores `commits` of `group` durably (append + fdatasync), then applies them.
@@ -208,11 +247,10 @@ impl Partition {
         &self,
         group: &str,
         wanted: Option<Vec<(String, Vec<u32>)>>,
-    ) -> Vec<Commit> {
+    ) -> Option<Vec<Commit>> {
         self.groups
             .as_ref()
             .map(|g| g.borrow().fetch(group, wanted))
-            .unwrap_or_default()
     }
 
     /// The offset ListOffsets asks for: -2 earliest, -1 latest (high watermark), else by timestamp.
@@ -231,6 +269,7 @@ impl Partition {
             mlog_wire::protocol::messages::LATEST_TIMESTAMP => {
                 offsets(ErrorCode::None, self.log.high_watermark() as i64)
             }
+            ts if ts < 0 => offsets(ErrorCode::InvalidRequest, -1),
             ts => match self.log.offset_for_timestamp(ts).await {
                 Ok(found) => offsets(ErrorCode::None, found.map_or(-1, |o| o as i64)),
                 Err(e) => offsets(storage_error_code(&e), -1),

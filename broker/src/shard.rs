@@ -75,27 +75,31 @@ impl Shard {
             Op::Create(topics) => Reply::TopicResults(self.create_topics(topics).await),
             Op::Delete(names) => Reply::TopicResults(self.delete_topics(names).await),
             Op::Produce { acks, items } => Reply::Produced(self.produce_owned(acks, items).await),
-            Op::Fetch { items } => {
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    let f = self.fetch_owned(&item).await;
-                    out.push(RemoteFetch {
-                        error: f.error,
-                        high_watermark: f.high_watermark,
-                        log_start_offset: f.log_start_offset,
-                        data: f.data.to_vec(),
-                    });
-                }
-                Reply::Fetched(out)
+            Op::Fetch {
+                items,
+                budget,
+                have_data,
+            } => {
+                let fetched = self.fetch_owned_many(&items, budget, have_data).await;
+                Reply::Fetched(
+                    fetched
+                        .into_iter()
+                        .map(|f| RemoteFetch {
+                            error: f.error,
+                            high_watermark: f.high_watermark,
+                            log_start_offset: f.log_start_offset,
+                            data: f.data.to_vec(),
+                        })
+                        .collect(),
+                )
             }
             Op::WaitForData {
                 topic,
                 partition,
-                offset,
                 deadline,
             } => {
                 if let Some(p) = self.partition(&topic, partition) {
-                    p.wait_for_data(offset, deadline).await;
+                    p.wait_for_data(deadline, &self.stopping).await;
                 }
                 Reply::Done
             }
@@ -108,10 +112,7 @@ impl Shard {
             }
             Op::FetchOffsets { group, wanted } => {
                 let p = self.partition(OFFSETS_TOPIC, group_offsets::partition_for(&group));
-                Reply::GroupOffsets(
-                    p.map(|p| p.fetch_offsets(&group, wanted))
-                        .unwrap_or_default(),
-                )
+                Reply::GroupOffsets(p.and_then(|p| p.fetch_offsets(&group, wanted)))
             }
             Op::ListOffset {
                 topic,
@@ -159,16 +160,43 @@ impl Shard {
         out
     }
 
-    /// Reads a partition this shard owns.
-    pub(crate) async fn fetch_owned(&self, item: &FetchItem) -> Fetched {
-        match self.partition(&item.topic, item.partition) {
-            Some(p) => p.fetch(item.offset, item.max_bytes).await,
-            None => Fetched {
-                error: ErrorCode::UnknownTopicOrPartition,
-                high_watermark: -1,
-                log_start_offset: -1,
-                data: Default::default(),
-            },
+    /// Reads partitions this shard owns, in order, at most `budget` bytes of batches in all: once
+    /// the budget is spent (and some data was found, here or before: `have_data`), the remaining
+    /// partitions answer with their offsets only. So a fetch never reads more than its budget plus
+    /// one batch, however many partitions (or repeats of one) it names.
+    pub(crate) async fn fetch_owned_many(
+        &self,
+        items: &[FetchItem],
+        mut budget: usize,
+        mut have_data: bool,
+    ) -> Vec<Fetched> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let max = (!have_data || budget > 0).then(|| item.max_bytes.min(budget).max(1));
+            let f = match self.partition(&item.topic, item.partition) {
+                Some(p) => p.fetch(item.offset, max).await,
+                None => Fetched {
+                    error: self.gone_error(),
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    data: Default::default(),
+                },
+            };
+            let len = f.data.len();
+            budget = budget.saturating_sub(len);
+            have_data |= len > 0;
+            out.push(f);
+        }
+        out
+    }
+
+    /// The error for a partition this shard should own but has not open: the broker is stopping,
+    /// or the topic was just deleted.
+    pub(crate) fn gone_error(&self) -> ErrorCode {
+        if self.stopping() {
+            ErrorCode::ShuttingDown
+        } else {
+            ErrorCode::UnknownTopicOrPartition
         }
     }
 
@@ -221,6 +249,10 @@ impl Shard {
                 tracing::warn!(dir = %dir.display(), error = %e, "removing a deleted partition failed");
             }
         }
+        let previous = self.topics.borrow().clone();
+        if initial && self.id() == CONTROLLER {
+            self.remove_stray_partition_dirs(&table);
+        }
         for key in wanted {
             if self.partitions.borrow().contains_key(&key) {
                 continue;
@@ -228,6 +260,12 @@ impl Shard {
             let Some(record) = table.get(&key.0) else {
                 continue;
             };
+            let is_new = !initial && previous.get(&key.0).is_none_or(|t| key.1 >= t.partitions);
+            if is_new {
+                // A directory left by an earlier topic of the same name (its deletion interrupted)
+                // must not lend the new topic its records.
+                let _ = std::fs::remove_dir_all(self.partition_dir(&key));
+            }
             match self.open_partition(&key, record).await {
                 Ok(log) => {
                     let groups = if key.0 == OFFSETS_TOPIC {
@@ -270,6 +308,30 @@ impl Shard {
         // A single node is its own in-sync set: everything in its log is committed.
         log.set_high_watermark(log.log_end_offset());
         Ok(log)
+    }
+
+    /// Removes partition directories of topics (or partitions) the table no longer has: what a
+    /// crash between a delete and its cleanup left behind.
+    fn remove_stray_partition_dirs(&self, table: &TopicTable) {
+        let Ok(entries) = std::fs::read_dir(&self.config.data_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((topic, partition)) = name.rsplit_once('-') else {
+                continue;
+            };
+            let Ok(partition) = partition.parse::<u32>() else {
+                continue;
+            };
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let known = table.get(topic).is_some_and(|t| partition < t.partitions);
+            if is_dir && !known && topics::validate_name(topic).is_ok() {
+                tracing::warn!(dir = %entry.path().display(), "removing the data of a deleted partition");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     pub(crate) fn partition_dir(&self, key: &PartitionKey) -> PathBuf {

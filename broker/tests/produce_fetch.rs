@@ -658,3 +658,68 @@ fn one_request_spanning_both_shards_is_answered_in_order() {
     assert!(limited[1..].iter().all(|(_, d)| d.is_empty()));
     assert_eq!(broker.terminate(), 0);
 }
+
+#[test]
+fn long_polls_respect_min_bytes_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "lp", 1, &[]).error, ErrorCode::None);
+    let b = batch("small", 1, 0);
+    assert_eq!(produce(&mut s, "lp", 0, -1, &b).error, ErrorCode::None);
+    // Less than min_bytes is available: the answer comes at max_wait_ms, with what there is.
+    let start = Instant::now();
+    let (err, _, data) = fetch(&mut s, "lp", 0, 0, 300, 1 << 20);
+    assert_eq!(err, ErrorCode::None);
+    assert_eq!(split(&data), vec![stored(&b, 0)]);
+    assert!(
+        start.elapsed() >= Duration::from_millis(280),
+        "{:?}",
+        start.elapsed()
+    );
+    // Too many partitions in one request: refused as a whole.
+    let req = FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 1024,
+        topics: vec![FetchTopic {
+            name: "lp".into(),
+            partitions: (0..10_001)
+                .map(|_| FetchPartition {
+                    partition: 0,
+                    fetch_offset: 0,
+                    max_bytes: 1,
+                })
+                .collect(),
+        }],
+    };
+    std::io::Write::write_all(&mut s, &request(ApiKey::Fetch, 50, &req)).unwrap();
+    assert_eq!(read_response(&mut s).0.error, ErrorCode::InvalidRequest);
+    // A fetch parked for a long time does not hold up a SIGTERM.
+    let mut parked = broker.connect();
+    let waiter = std::thread::spawn(move || {
+        let req = FetchRequest {
+            max_wait_ms: u32::MAX,
+            min_bytes: 1 << 30,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: "lp".into(),
+                partitions: vec![FetchPartition {
+                    partition: 0,
+                    fetch_offset: 1,
+                    max_bytes: 1 << 20,
+                }],
+            }],
+        };
+        let _ = std::io::Write::write_all(&mut parked, &request(ApiKey::Fetch, 51, &req));
+        try_read_response(&mut parked)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let stopped = Instant::now();
+    assert_eq!(broker.terminate(), 0);
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "shutdown waited for the long poll"
+    );
+    let _ = waiter.join();
+}

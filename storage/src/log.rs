@@ -96,6 +96,43 @@ impl LogRead {
     pub fn to_vec(&self) -> Vec<u8> {
         self.chunks.iter().flat_map(|c| c.iter().copied()).collect()
     }
+
+    /// Drops every batch whose base offset is `>= limit` (a broker serves consumers only up to its
+    /// high watermark). Chunks are cut without copying.
+    pub fn keep_below(&mut self, limit: u64) {
+        let mut kept = Vec::with_capacity(self.chunks.len());
+        let mut next = None;
+        'chunks: for chunk in self.chunks.drain(..) {
+            let mut end = 0usize;
+            while let Some(h) = chunk
+                .get(end..)
+                .and_then(|rest| BatchHeader::parse(rest).ok())
+            {
+                if h.base_offset as u64 >= limit || end + h.total_len() > chunk.len() {
+                    break;
+                }
+                end += h.total_len();
+                next = Some(h.next_offset() as u64);
+            }
+            let whole = end == chunk.len();
+            match chunk {
+                _ if end == 0 => break 'chunks,
+                c if whole => kept.push(c),
+                ReadChunk::Cached(b) => kept.push(ReadChunk::Cached(b.slice(..end))),
+                ReadChunk::Disk(r) => match ReadResult::slice(&r, 0, end) {
+                    Some(cut) => kept.push(ReadChunk::Disk(cut)),
+                    None => break 'chunks,
+                },
+            }
+            if !whole {
+                break;
+            }
+        }
+        self.chunks = kept;
+        if let Some(n) = next {
+            self.next_offset = n;
+        }
+    }
 }
 
 /// What `Log::open` found.
