@@ -32,6 +32,9 @@ pub(crate) struct Partition {
     pub groups: Option<RefCell<GroupOffsets>>,
     /// Serializes commits, so the table applies them in log order.
     pub commit_lock: Semaphore,
+    /// Serializes produce requests' appends, so a request's batches are contiguous and rolling
+    /// them back can never take another request's batches with them.
+    pub produce_lock: Semaphore,
 }
 
 /// Acknowledgement levels of a produce request.
@@ -119,6 +122,9 @@ impl Partition {
         if batches.is_empty() {
             return fail(ErrorCode::CorruptBatch);
         }
+        let Ok(permit) = self.produce_lock.acquire_permit(1).await else {
+            return fail(ErrorCode::ShuttingDown);
+        };
         let mut base_offset = None;
         for batch in batches {
             match self.log.append(batch).await {
@@ -137,6 +143,7 @@ impl Partition {
                 }
             }
         }
+        drop(permit);
         if !self.sync_on_ack {
             self.advance_high_watermark(self.log.log_end_offset());
         } else if acks == Acks::All {

@@ -285,6 +285,7 @@ impl Shard {
                         appended: event_listener::Event::new(),
                         groups,
                         commit_lock: Semaphore::new(1),
+                        produce_lock: Semaphore::new(1),
                     };
                     self.partitions.borrow_mut().insert(key, Rc::new(partition));
                 }
