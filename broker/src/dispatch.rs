@@ -19,19 +19,6 @@ use crate::partition::{Acks, Offsets, Produced};
 use crate::shard::{Shard, CONTROLLER};
 use crate::topics;
 
-/// The APIs this broker serves. The others answer `UnsupportedApi` until they are built.
-pub(crate) const SERVED: &[ApiKey] = &[
-    ApiKey::ApiVersions,
-    ApiKey::Metadata,
-    ApiKey::CreateTopics,
-    ApiKey::DeleteTopics,
-    ApiKey::Produce,
-    ApiKey::Fetch,
-    ApiKey::ListOffsets,
-    ApiKey::OffsetCommit,
-    ApiKey::OffsetFetch,
-];
-
 /// One piece of a response frame, written in order: encoded bytes, or batch bytes sent as they are
 /// (from the batch cache or a DMA read buffer, or copied from another shard).
 pub(crate) enum Piece {
@@ -69,7 +56,7 @@ async fn handle_into(shard: &Rc<Shard>, frame: &[u8], out: &mut BytesMut, pieces
         }
     };
     let id = header.correlation_id;
-    let Some(api) = ApiKey::from_u16(header.api_key).filter(|k| SERVED.contains(k)) else {
+    let Some(api) = ApiKey::from_u16(header.api_key) else {
         let msg = format!("API key {} is not served by this broker", header.api_key);
         encode_error_response(out, id, ErrorCode::UnsupportedApi, &msg);
         return;
@@ -703,7 +690,7 @@ async fn list_offsets(shard: &Rc<Shard>, req: ListOffsetsRequest) -> ListOffsets
 
 fn api_versions() -> ApiVersionsResponse {
     ApiVersionsResponse {
-        apis: SERVED
+        apis: ApiKey::ALL
             .iter()
             .map(|k| {
                 let (min_version, max_version) = k.versions();
