@@ -1,0 +1,113 @@
+//! One connection to a broker: framed requests, answered in order.
+//!
+//! Invariant: a response is accepted only if its correlation id is the request's; a frame longer
+//! than `max_frame_bytes` is refused before it is buffered.
+
+use bytes::{Bytes, BytesMut};
+use mlog_wire::protocol::frame::{
+    check_frame, decode_body, decode_response, encode_request, DEFAULT_MAX_FRAME_BYTES,
+    RESPONSE_HEADER_BYTES,
+};
+use mlog_wire::protocol::{ApiKey, ErrorCode, RequestHeader, Wire};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use crate::error::{ClientError, Result};
+
+/// A connection to one broker listener.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    addr: String,
+    next_id: u32,
+    buf: BytesMut,
+    max_frame_bytes: usize,
+}
+
+impl Connection {
+    /// Connects to `addr` (for example `"127.0.0.1:9092"`).
+    pub async fn connect(addr: impl ToSocketAddrs + std::fmt::Display) -> Result<Connection> {
+        let name = addr.to_string();
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Io {
+                addr: name.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(Connection {
+            stream,
+            addr: name,
+            next_id: 0,
+            buf: BytesMut::with_capacity(64 << 10),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        })
+    }
+
+    /// The address this connection was made to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends one request and returns the body of its (successful) response, for responses that
+    /// borrow from it (`FetchResponse`). A frame-level error becomes `ClientError::Broker`.
+    pub async fn request_raw<'a>(&mut self, api: ApiKey, body: &impl Wire<'a>) -> Result<Bytes> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut out = BytesMut::new();
+        let header = RequestHeader {
+            api_key: api as u16,
+            api_version: 0,
+            correlation_id: id,
+        };
+        encode_request(&mut out, &header, body);
+        self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
+        let frame = self.read_frame().await?;
+        let (header, body) = decode_response(&frame)?;
+        if header.correlation_id != id {
+            return Err(ClientError::Protocol(format!(
+                "response {} to request {id}",
+                header.correlation_id
+            )));
+        }
+        if header.error != ErrorCode::None {
+            let message = decode_body::<String>(body, "error message").ok();
+            return Err(ClientError::broker(header.error, message));
+        }
+        Ok(frame.slice_ref(body))
+    }
+
+    /// Sends one request and decodes its response.
+    pub async fn request<'a, Resp: for<'b> Wire<'b>>(
+        &mut self,
+        api: ApiKey,
+        body: &impl Wire<'a>,
+    ) -> Result<Resp> {
+        let body = self.request_raw(api, body).await?;
+        Ok(decode_body(&body, "response")?)
+    }
+
+    async fn read_frame(&mut self) -> Result<Bytes> {
+        loop {
+            if let Some(n) = check_frame(&self.buf, RESPONSE_HEADER_BYTES, self.max_frame_bytes)? {
+                return Ok(self.buf.split_to(n).freeze());
+            }
+            self.buf.reserve(64 << 10);
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(self.io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> ClientError {
+        ClientError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+}
