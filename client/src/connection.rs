@@ -77,6 +77,20 @@ impl Connection {
         Ok(frame.slice_ref(body))
     }
 
+    /// Sends a request that gets no response (a Produce with acks=0).
+    pub async fn send_only<'a>(&mut self, api: ApiKey, body: &impl Wire<'a>) -> Result<()> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut out = BytesMut::new();
+        let header = RequestHeader {
+            api_key: api as u16,
+            api_version: 0,
+            correlation_id: id,
+        };
+        encode_request(&mut out, &header, body);
+        self.stream.write_all(&out).await.map_err(|e| self.io(e))
+    }
+
     /// Sends one request and decodes its response.
     pub async fn request<'a, Resp: for<'b> Wire<'b>>(
         &mut self,

@@ -22,8 +22,10 @@
 mod admin;
 mod connection;
 mod error;
+mod producer;
 
 pub use admin::{Admin, OffsetSpec, PartitionDescription, TopicDescription, TopicInfo};
 pub use connection::Connection;
 pub use error::{ClientError, Result};
 pub use mlog_wire::protocol::ErrorCode;
+pub use producer::{Acks, Producer, ProducerConfig, RecordMetadata};

@@ -1,0 +1,167 @@
+//! The producer against a real broker: batching, key partitioning, offsets, back-pressure.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::Broker;
+use mlog_client::{Acks, Admin, Connection, Producer, ProducerConfig};
+use mlog_wire::protocol::messages::*;
+use mlog_wire::protocol::ApiKey;
+use mlog_wire::RecordBatch;
+
+/// Every record of a partition: (offset, key, value).
+async fn read_partition(addr: &str, topic: &str, partition: u32) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
+    let mut conn = Connection::connect(addr).await.unwrap();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let req = FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 4 << 20,
+            topics: vec![FetchTopic {
+                name: topic.into(),
+                partitions: vec![FetchPartition {
+                    partition,
+                    fetch_offset: offset,
+                    max_bytes: 1 << 20,
+                }],
+            }],
+        };
+        let body = conn.request_raw(ApiKey::Fetch, &req).await.unwrap();
+        let r: FetchResponse<'_> = mlog_wire::protocol::frame::decode_body(&body, "fetch").unwrap();
+        let mut data = r.topics[0].partitions[0].records.0;
+        if data.is_empty() {
+            return out;
+        }
+        while !data.is_empty() {
+            let b = RecordBatch::parse(data).unwrap();
+            for rec in b.records().unwrap() {
+                let rec = rec.unwrap();
+                if rec.offset >= offset {
+                    out.push((
+                        rec.offset,
+                        rec.key.unwrap_or_default().to_vec(),
+                        rec.value.unwrap_or_default().to_vec(),
+                    ));
+                }
+            }
+            offset = b.next_offset();
+            data = &data[b.total_len()..];
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_batched_partitioned_by_key_and_acknowledged_with_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("keyed", 4, &[])
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        linger: Duration::from_millis(2),
+        batch_bytes: 4096,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(broker.addr(), config).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..400u32 {
+        let p = producer.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("key-{}", i % 13);
+            let value = format!("value-{i}");
+            let m = p
+                .send(
+                    "keyed",
+                    Some(key.as_bytes()),
+                    value.as_bytes(),
+                    &[(b"h", b"v")],
+                )
+                .await
+                .unwrap();
+            (m, key, value)
+        }));
+    }
+    let mut acked: BTreeMap<(u32, i64), (String, String)> = BTreeMap::new();
+    let mut key_partition: BTreeMap<String, u32> = BTreeMap::new();
+    for t in tasks {
+        let (m, key, value) = t.await.unwrap();
+        assert!(
+            acked
+                .insert((m.partition, m.offset), (key.clone(), value))
+                .is_none(),
+            "two records got one offset"
+        );
+        // A key always goes to the same partition.
+        assert_eq!(
+            *key_partition.entry(key).or_insert(m.partition),
+            m.partition
+        );
+    }
+    producer.close().await.unwrap();
+    for partition in 0..4u32 {
+        let stored = read_partition(broker.addr(), "keyed", partition).await;
+        let expected: Vec<(i64, Vec<u8>, Vec<u8>)> = acked
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .map(|((_, o), (k, v))| (*o, k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect();
+        assert_eq!(
+            stored, expected,
+            "partition {partition}: every acknowledged record, at its offset"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_buffer_applies_back_pressure_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("bp", 2, &[])
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        buffer_bytes: 16 << 10,
+        batch_bytes: 4 << 10,
+        acks: Acks::Leader,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(broker.addr(), config).await.unwrap();
+    let value = vec![7u8; 1000];
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let (p, v) = (producer.clone(), value.clone());
+        tasks.push(tokio::spawn(
+            async move { p.send("bp", None, &v, &[]).await },
+        ));
+    }
+    let mut offsets = BTreeMap::<u32, Vec<i64>>::new();
+    for t in tasks {
+        let m = t.await.unwrap().unwrap();
+        offsets.entry(m.partition).or_default().push(m.offset);
+    }
+    let total: usize = offsets.values().map(Vec::len).sum();
+    assert_eq!(total, 300);
+    for v in offsets.values_mut() {
+        v.sort();
+        assert_eq!(
+            *v,
+            (0..v.len() as i64).collect::<Vec<_>>(),
+            "contiguous, no gaps or duplicates"
+        );
+    }
+    producer.close().await.unwrap();
+    assert!(
+        producer.send("bp", None, b"late", &[]).await.is_err(),
+        "closed producers refuse sends"
+    );
+}
