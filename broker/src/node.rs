@@ -3,11 +3,11 @@
 //! glommio sets `SO_REUSEPORT` on every listener so that all shards can accept on one port; the same
 //! flag would let a second broker bind that port silently and take half the connections. So before
 //! any shard binds, the broker takes an exclusive lock on `<data_dir>/.lock` (held for the life of
-//! the process, released by the kernel even on `kill -9`) and checks that no other socket serves the
-//! port (a plain bind without `SO_REUSEPORT` fails if one does).
+//! the process, released by the kernel even on `kill -9`) and checks that nothing answers on the
+//! port.
 
 use std::fs::{File, TryLockError};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Why the broker refuses to start.
@@ -58,25 +58,51 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StartError> {
     }
 }
 
-/// Fails if another socket already serves `addr` (port 0 is always free).
+/// How long a port must stay served before the broker refuses to start on it.
+const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fails if another process already serves `addr` (port 0 is always free): something answers a
+/// connection to it. (A bind probe cannot tell: `SO_REUSEPORT` lets a second listener bind, and
+/// the closing connections a killed broker leaves on its port make a plain bind fail although
+/// nothing serves it.)
 pub fn check_port_free(addr: SocketAddr) -> Result<(), StartError> {
     if addr.port() == 0 {
         return Ok(());
     }
-    match TcpListener::bind(addr) {
-        Ok(_probe) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError::AddressInUse(addr)),
-        Err(e) => Err(StartError::Io {
-            op: "binding",
-            path: addr.to_string(),
-            source: e,
-        }),
+    let target = match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    };
+    // A broker killed a moment ago leaves its listeners open until the kernel has torn down its
+    // io_uring rings (asynchronously, after the process is gone): give that a few seconds.
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    loop {
+        let served = match std::net::TcpStream::connect_timeout(
+            &target,
+            std::time::Duration::from_secs(1),
+        ) {
+            // A connection to itself (the kernel picked the target port as the source port,
+            // possible when nothing listens on an ephemeral port) means the port is free.
+            Ok(s) => s.local_addr().ok() != s.peer_addr().ok(),
+            Err(_) => false,
+        };
+        if !served {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StartError::AddressInUse(addr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     #[test]
     fn a_second_lock_on_the_same_directory_is_refused() {

@@ -1,7 +1,8 @@
 //! mlog-client: the Rust client of mlog, on tokio.
 //!
-//! Status: [`Admin`] (topics, offsets, cluster metadata) over a [`Connection`]. The batching
-//! producer and the consumer come next (issue #5).
+//! [`Admin`] (topics, offsets, cluster metadata), [`Producer`] (batching, partitioning, acks,
+//! retries, back-pressure) and [`Consumer`] (assign, seek, long-poll, group offsets), each over
+//! [`Connection`]s that speak the protocol.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), mlog_client::ClientError> {
@@ -21,11 +22,13 @@
 
 mod admin;
 mod connection;
+mod consumer;
 mod error;
 mod producer;
 
 pub use admin::{Admin, OffsetSpec, PartitionDescription, TopicDescription, TopicInfo};
 pub use connection::Connection;
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 pub use error::{ClientError, Result};
 pub use mlog_wire::protocol::ErrorCode;
 pub use producer::{Acks, Producer, ProducerConfig, RecordMetadata};

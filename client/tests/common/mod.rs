@@ -57,6 +57,38 @@ impl Drop for Broker {
 }
 
 impl Broker {
+    /// Stops the broker (SIGKILL) and starts it again on the same data and port.
+    pub fn restart(&mut self, dir: &std::path::Path) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let port = self.1.rsplit(':').next().unwrap_or_default().to_string();
+        let mut child = Command::new(broker_binary())
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                "2",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("restart mlog-broker");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("mlog-broker listening") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("broker restarted");
+        self.0 = child;
+    }
+
     /// The broker's address.
     pub fn addr(&self) -> &str {
         &self.1
