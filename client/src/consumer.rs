@@ -363,6 +363,32 @@ impl Consumer {
             .filter(|o| *o >= 0))
     }
 
+    /// Every offset the group committed: `(topic, partition, offset)`, sorted.
+    pub async fn all_committed(&mut self) -> Result<Vec<(String, u32, i64)>> {
+        let group = self.group()?;
+        let r: OffsetFetchResponse = self
+            .conn
+            .request(
+                ApiKey::OffsetFetch,
+                &OffsetFetchRequest {
+                    group,
+                    topics: None,
+                },
+            )
+            .await?;
+        if r.error != ErrorCode::None {
+            return Err(ClientError::broker(r.error, None));
+        }
+        Ok(r.topics
+            .into_iter()
+            .flat_map(|t| {
+                t.partitions
+                    .into_iter()
+                    .map(move |p| (t.name.clone(), p.partition, p.offset))
+            })
+            .collect())
+    }
+
     fn group(&self) -> Result<String> {
         self.config
             .group

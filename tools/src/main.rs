@@ -1,0 +1,527 @@
+//! `mlog`: the admin CLI. Topics, produce from stdin, consume to stdout, group offsets, cluster
+//! status. Human tables by default, `-o json` for scripts; an error is one line on stderr and a
+//! non-zero exit code (1: the broker refused or failed, 2: bad arguments or unreachable broker).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use mlog_client::{
+    Acks, Admin, ClientError, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "mlog",
+    version,
+    about = "Administer and use an mlog cluster.",
+    after_help = "Examples:
+  mlog topic create orders --partitions 3 --config retention.ms=86400000
+  mlog topic describe orders -o json
+  printf 'a\\nb\\n' | mlog produce orders --acks all --print-offsets
+  mlog consume orders --from-beginning --max-messages 10 --format '{partition}:{offset} {key} {value}'
+  mlog group offsets billing
+  mlog completions bash > /etc/bash_completion.d/mlog"
+)]
+struct Cli {
+    /// Broker to connect to.
+    #[arg(
+        long,
+        global = true,
+        env = "MLOG_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce one record per stdin line.
+    Produce(ProduceArgs),
+    /// Consume records to stdout.
+    Consume(ConsumeArgs),
+    /// Consumer group offsets.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Cluster status.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Configuration override, KEY=VALUE (repeatable).
+        #[arg(long = "config", value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
+    },
+    /// List topics.
+    List,
+    /// Partitions (leader, shard, offsets) and configuration of a topic.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Committed offsets of a group (for every partition of every topic it committed).
+    Offsets { group: String },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Brokers, shards and topics.
+    Status,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AcksArg {
+    All,
+    Leader,
+    None,
+}
+
+#[derive(clap::Args)]
+struct ProduceArgs {
+    topic: String,
+    /// Key of every record.
+    #[arg(long, conflicts_with = "key_separator")]
+    key: Option<String>,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long)]
+    key_separator: Option<String>,
+    /// Send every record to this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    acks: AcksArg,
+    /// Print `PARTITION OFFSET` per input line, in input order, once acknowledged.
+    #[arg(long)]
+    print_offsets: bool,
+}
+
+#[derive(clap::Args)]
+struct ConsumeArgs {
+    topic: String,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Start at the earliest offset.
+    #[arg(long, conflicts_with_all = ["offset", "from_time"])]
+    from_beginning: bool,
+    /// Start at this offset (with --partition).
+    #[arg(long, requires = "partition", conflicts_with = "from_time")]
+    offset: Option<i64>,
+    /// Start at the first record at or after this time (RFC 3339, e.g. 2026-11-25T10:00:00Z).
+    #[arg(long)]
+    from_time: Option<String>,
+    /// Consumer group (start at its committed offsets, commit what was read).
+    #[arg(long)]
+    group: Option<String>,
+    /// Stop after this many records.
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Stop when no record arrived for this long.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Output template: {topic} {partition} {offset} {timestamp} {key} {value} {headers}.
+    #[arg(long, default_value = "{value}")]
+    format: String,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(2, &format!("starting the runtime: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ClientError::Broker { .. }) => fail(1, &e.to_string()),
+        Err(e) => fail(2, &e.to_string()),
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("mlog: {message}");
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli) -> Result<(), ClientError> {
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mlog", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Topic(cmd) => topic(&cli.bootstrap, cmd, json).await,
+        Command::Produce(args) => produce(&cli.bootstrap, args).await,
+        Command::Consume(args) => consume(&cli.bootstrap, args, json).await,
+        Command::Group(GroupCommand::Offsets { group }) => {
+            group_offsets(&cli.bootstrap, &group, json).await
+        }
+        Command::Cluster(ClusterCommand::Status) => cluster_status(&cli.bootstrap, json).await,
+    }
+}
+
+async fn topic(bootstrap: &str, cmd: TopicCommand, json: bool) -> Result<(), ClientError> {
+    let admin = Admin::connect(bootstrap).await?;
+    match cmd {
+        TopicCommand::Create {
+            name,
+            partitions,
+            configs,
+        } => {
+            let configs: Vec<(&str, &str)> = configs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            admin.create_topic(&name, partitions, &configs).await?;
+            print(
+                json,
+                json!({ "created": name, "partitions": partitions }),
+                &format!("created topic {name} ({partitions} partitions)"),
+            );
+        }
+        TopicCommand::List => {
+            let topics = admin.list_topics().await?;
+            if json {
+                let list: Vec<_> = topics
+                    .iter()
+                    .map(|t| json!({ "name": t.name, "partitions": t.partitions }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                println!("{:<40} {:>10}", "TOPIC", "PARTITIONS");
+                for t in topics {
+                    println!("{:<40} {:>10}", t.name, t.partitions);
+                }
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let d = admin.describe_topic(&name).await?;
+            if json {
+                let parts: Vec<_> = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        json!({ "partition": p.partition, "leader": p.leader, "shard": p.shard,
+                        "log_start_offset": p.log_start_offset, "log_end_offset": p.log_end_offset,
+                        "high_watermark": p.high_watermark })
+                    })
+                    .collect();
+                let configs: serde_json::Map<String, serde_json::Value> = d
+                    .configs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({ "name": d.name, "partitions": parts, "configs": configs })
+                );
+            } else {
+                println!("topic {}", d.name);
+                for (k, v) in &d.configs {
+                    println!("  {k}={v}");
+                }
+                println!(
+                    "{:>9} {:>6} {:>5} {:>12} {:>12} {:>14}",
+                    "PARTITION", "LEADER", "SHARD", "LOG_START", "LOG_END", "HIGH_WATERMARK"
+                );
+                for p in d.partitions {
+                    println!(
+                        "{:>9} {:>6} {:>5} {:>12} {:>12} {:>14}",
+                        p.partition,
+                        p.leader,
+                        p.shard,
+                        p.log_start_offset,
+                        p.log_end_offset,
+                        p.high_watermark
+                    );
+                }
+            }
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            print(
+                json,
+                json!({ "deleted": name }),
+                &format!("deleted topic {name}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print(json: bool, value: serde_json::Value, text: &str) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}
+
+async fn produce(bootstrap: &str, args: ProduceArgs) -> Result<(), ClientError> {
+    let acks = match args.acks {
+        AcksArg::All => Acks::All,
+        AcksArg::Leader => Acks::Leader,
+        AcksArg::None => Acks::None,
+    };
+    let producer = Producer::connect(
+        bootstrap,
+        ProducerConfig {
+            acks,
+            ..ProducerConfig::default()
+        },
+    )
+    .await?;
+    // Sends are started in input order; offsets are printed in input order as they are acknowledged.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let printer = tokio::spawn(async move {
+        let stdout = std::io::stdout();
+        while let Some(task) = rx.recv().await {
+            let task: tokio::task::JoinHandle<Result<mlog_client::RecordMetadata, ClientError>> =
+                task;
+            let m = task
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))??;
+            if args.print_offsets {
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "{} {}", m.partition, m.offset);
+                let _ = out.flush();
+            }
+        }
+        Ok::<(), ClientError>(())
+    });
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| ClientError::Protocol(format!("reading stdin: {e}")))?
+    {
+        let (key, value) = match (&args.key, &args.key_separator) {
+            (Some(k), _) => (Some(k.clone().into_bytes()), line.into_bytes()),
+            (None, Some(sep)) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(k.as_bytes().to_vec()), v.as_bytes().to_vec()),
+                None => (None, line.into_bytes()),
+            },
+            (None, None) => (None, line.into_bytes()),
+        };
+        let (p, topic, partition) = (producer.clone(), args.topic.clone(), args.partition);
+        let task = tokio::spawn(async move {
+            match partition {
+                Some(part) => p.send_to(&topic, part, key.as_deref(), &value, &[]).await,
+                None => p.send(&topic, key.as_deref(), &value, &[]).await,
+            }
+        });
+        if tx.send(task).await.is_err() {
+            break; // the printer stopped on an error: it reports it below
+        }
+    }
+    drop(tx);
+    let printed = printer
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    producer.close().await?;
+    printed
+}
+
+async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), ClientError> {
+    let config = ConsumerConfig {
+        group: args.group.clone(),
+        max_wait: Duration::from_millis(200),
+        reset: if args.from_beginning {
+            OffsetSpec::Earliest
+        } else {
+            OffsetSpec::Latest
+        },
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::connect(bootstrap, config).await?;
+    consumer
+        .assign(&args.topic, args.partition.map(|p| vec![p]))
+        .await?;
+    let admin = Admin::connect(bootstrap).await?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) => vec![p],
+        None => (0..admin.describe_topic(&args.topic).await?.partitions.len() as u32).collect(),
+    };
+    if let Some(t) = &args.from_time {
+        let at = humantime::parse_rfc3339_weak(t)
+            .map_err(|e| ClientError::Protocol(format!("--from-time {t:?}: {e}")))?;
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for &p in &partitions {
+            consumer
+                .seek(&args.topic, p, OffsetSpec::Timestamp(ms))
+                .await?;
+        }
+    } else if args.from_beginning && args.group.is_none() {
+        for &p in &partitions {
+            consumer.seek(&args.topic, p, OffsetSpec::Earliest).await?;
+        }
+    }
+    if let (Some(offset), Some(p)) = (args.offset, args.partition) {
+        consumer.seek_to_offset(&args.topic, p, offset)?;
+    }
+    let mut seen = 0u64;
+    let mut last = Instant::now();
+    let mut out = std::io::stdout().lock();
+    'poll: loop {
+        let records = consumer.poll().await?;
+        if !records.is_empty() {
+            last = Instant::now();
+        }
+        for r in records {
+            let key = r
+                .key
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let value = r
+                .value
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let line = if json {
+                json!({ "topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+                    "key": key, "value": value,
+                    "headers": r.headers.iter().map(|(k, v)| json!([String::from_utf8_lossy(k), v.as_deref().map(String::from_utf8_lossy)])).collect::<Vec<_>>() })
+                .to_string()
+            } else {
+                let headers: Vec<String> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{}={}",
+                            String::from_utf8_lossy(k),
+                            v.as_deref()
+                                .map(String::from_utf8_lossy)
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                args.format
+                    .replace("{topic}", &r.topic)
+                    .replace("{partition}", &r.partition.to_string())
+                    .replace("{offset}", &r.offset.to_string())
+                    .replace("{timestamp}", &r.timestamp.to_string())
+                    .replace("{key}", &key)
+                    .replace("{headers}", &headers.join(","))
+                    .replace("{value}", &value)
+            };
+            if writeln!(out, "{line}").is_err() {
+                break 'poll;
+            }
+            seen += 1;
+            if args.max_messages.is_some_and(|m| seen >= m) {
+                break 'poll;
+            }
+        }
+        let _ = out.flush();
+        if args
+            .timeout_ms
+            .is_some_and(|t| last.elapsed() >= Duration::from_millis(t))
+        {
+            break;
+        }
+    }
+    let _ = out.flush();
+    if args.group.is_some() {
+        consumer.commit().await?;
+    }
+    Ok(())
+}
+
+async fn group_offsets(bootstrap: &str, group: &str, json: bool) -> Result<(), ClientError> {
+    let mut consumer = Consumer::connect(
+        bootstrap,
+        ConsumerConfig {
+            group: Some(group.to_string()),
+            ..ConsumerConfig::default()
+        },
+    )
+    .await?;
+    let offsets = consumer.all_committed().await?;
+    if json {
+        let list: Vec<_> = offsets
+            .iter()
+            .map(|(t, p, o)| json!({ "topic": t, "partition": p, "offset": o }))
+            .collect();
+        println!("{}", json!({ "group": group, "offsets": list }));
+    } else {
+        println!("{:<40} {:>9} {:>12}", "TOPIC", "PARTITION", "OFFSET");
+        for (t, p, o) in offsets {
+            println!("{t:<40} {p:>9} {o:>12}");
+        }
+    }
+    Ok(())
+}
+
+async fn cluster_status(bootstrap: &str, json: bool) -> Result<(), ClientError> {
+    let admin = Admin::connect(bootstrap).await?;
+    let m = admin.metadata(None).await?;
+    if json {
+        let endpoints: Vec<_> = m.endpoints.iter().map(|e| json!({ "node": e.node_id, "shard": e.shard, "address": format!("{}:{}", e.host, e.port) })).collect();
+        let topics: Vec<_> = m
+            .topics
+            .iter()
+            .map(|t| json!({ "name": t.name, "partitions": t.partitions.len() }))
+            .collect();
+        println!(
+            "{}",
+            json!({ "revision": m.revision, "endpoints": endpoints, "topics": topics })
+        );
+    } else {
+        println!("metadata revision {}", m.revision);
+        println!("{:>5} {:>6} {:<24}", "NODE", "SHARD", "ADDRESS");
+        for e in &m.endpoints {
+            println!(
+                "{:>5} {:>6} {:<24}",
+                e.node_id,
+                e.shard,
+                format!("{}:{}", e.host, e.port)
+            );
+        }
+        println!("{} topics", m.topics.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The `mlog` CLI, run as a process against a real broker.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn broker_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("mlog-broker")
+}
+
+struct Broker(Child, String);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_broker(dir: &std::path::Path) -> Broker {
+    let mut child = Command::new(broker_binary())
+        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the mlog-broker binary is built with the workspace");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("mlog-broker listening") {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("broker started");
+    Broker(child, addr)
+}
+
+fn mlog(broker: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlog"))
+        .args(["--bootstrap", broker])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn topics_produce_consume_and_groups_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let b = broker.1.as_str();
+    ok(mlog(
+        b,
+        &[
+            "topic",
+            "create",
+            "lines",
+            "--partitions",
+            "2",
+            "--config",
+            "retention.ms=3600000",
+        ],
+        b"",
+    ));
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(mlog(b, &["topic", "list", "-o", "json"], b""))).unwrap();
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "lines" && t["partitions"] == 2));
+    let described: serde_json::Value = serde_json::from_str(&ok(mlog(
+        b,
+        &["topic", "describe", "lines", "-o", "json"],
+        b"",
+    )))
+    .unwrap();
+    assert_eq!(described["partitions"].as_array().unwrap().len(), 2);
+    assert_eq!(described["configs"]["retention.ms"], "3600000");
+
+    // Produce to one partition, so that consuming it returns the lines in order, byte for byte.
+    let input: String = (0..50)
+        .map(|i| format!("line {i} with some ünïcödé\n"))
+        .collect();
+    let offsets = ok(mlog(
+        b,
+        &["produce", "lines", "--partition", "1", "--print-offsets"],
+        input.as_bytes(),
+    ));
+    let expected_offsets: String = (0..50).map(|i| format!("1 {i}\n")).collect();
+    assert_eq!(
+        offsets, expected_offsets,
+        "one PARTITION OFFSET line per input line, in order"
+    );
+    let consumed = ok(mlog(
+        b,
+        &[
+            "consume",
+            "lines",
+            "--partition",
+            "1",
+            "--from-beginning",
+            "--max-messages",
+            "50",
+            "--timeout-ms",
+            "5000",
+        ],
+        b"",
+    ));
+    assert_eq!(consumed, input);
+
+    // Keys, formats and groups.
+    ok(mlog(
+        b,
+        &[
+            "produce",
+            "lines",
+            "--key-separator",
+            ":",
+            "--partition",
+            "0",
+        ],
+        b"k1:v1\nk2:v2\n",
+    ));
+    let formatted = ok(mlog(
+        b,
+        &[
+            "consume",
+            "lines",
+            "--partition",
+            "0",
+            "--offset",
+            "0",
+            "--max-messages",
+            "2",
+            "--timeout-ms",
+            "5000",
+            "--format",
+            "{partition}/{offset} {key}={value}",
+            "--group",
+            "readers",
+        ],
+        b"",
+    ));
+    assert_eq!(formatted, "0/0 k1=v1\n0/1 k2=v2\n");
+    let group: serde_json::Value = serde_json::from_str(&ok(mlog(
+        b,
+        &["group", "offsets", "readers", "-o", "json"],
+        b"",
+    )))
+    .unwrap();
+    assert!(group["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["partition"] == 0 && o["offset"] == 2));
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(mlog(b, &["cluster", "status", "-o", "json"], b""))).unwrap();
+    assert_eq!(status["endpoints"].as_array().unwrap().len(), 2);
+
+    ok(mlog(b, &["topic", "delete", "lines"], b""));
+    let out = mlog(b, &["topic", "describe", "lines"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    assert!(err.contains("unknown topic"), "{err}");
+}
+
+#[test]
+fn bad_arguments_and_unreachable_brokers_are_one_line_and_non_zero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = mlog(&format!("127.0.0.1:{port}"), &["topic", "list"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&port.to_string()), "{err}");
+
+    let out = mlog("127.0.0.1:9", &["topic", "create"], b"");
+    assert_ne!(out.status.code(), Some(0));
+    let out = mlog(
+        "127.0.0.1:9",
+        &["produce", "t", "--key", "k", "--key-separator", ":"],
+        b"",
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let help = Command::new(env!("CARGO_BIN_EXE_mlog"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(help.stdout)
+        .unwrap()
+        .contains("Examples:"));
+    let completions = Command::new(env!("CARGO_BIN_EXE_mlog"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(completions.status.success() && !completions.stdout.is_empty());
+}
