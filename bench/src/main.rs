@@ -1,0 +1,406 @@
+//! `mlog-bench`: produce, consume and end-to-end load against an mlog broker, with throughput in
+//! MB/s and msgs/s and latency percentiles from an HDR histogram (microseconds).
+//!
+//! * `produce`: latency is send-to-acknowledgement of each record.
+//! * `consume`: reads the topic from the start; throughput only.
+//! * `e2e`: producers and consumers at once; latency is producer-send to consumer-receive, taken
+//!   from the send time each record carries in its first 8 bytes (one machine, one clock).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use mlog_client::{
+    Acks, Admin, ClientError, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "mlog-bench",
+    version,
+    about = "Measure an mlog deployment.",
+    after_help = "Examples:
+  mlog-bench produce --messages 200000 --message-size 1024 --acks all --producers 4
+  mlog-bench consume --messages 200000
+  mlog-bench e2e --rate 20000 --duration 20 --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Producers only; latency = send to acknowledgement.
+    Produce,
+    /// Consumers only, from the beginning of the topic.
+    Consume,
+    /// Producers and consumers; latency = send to receive.
+    E2e,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AcksArg {
+    All,
+    Leader,
+    None,
+}
+
+#[derive(clap::Args, Clone)]
+struct Opts {
+    /// Broker to connect to.
+    #[arg(
+        long,
+        global = true,
+        env = "MLOG_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap: String,
+    /// Topic (created with --partitions if missing).
+    #[arg(long, global = true, default_value = "mlog-bench")]
+    topic: String,
+    /// Partitions of a created topic.
+    #[arg(long, global = true, default_value_t = 4)]
+    partitions: u32,
+    /// Producer clients (each with its own connections).
+    #[arg(long, global = true, default_value_t = 4)]
+    producers: usize,
+    /// Consumer clients (partitions are split among them).
+    #[arg(long, global = true, default_value_t = 1)]
+    consumers: usize,
+    /// Bytes of each message value.
+    #[arg(long, global = true, default_value_t = 1024)]
+    message_size: usize,
+    /// Producer batch size in bytes.
+    #[arg(long, global = true, default_value_t = 256 << 10)]
+    batch_bytes: usize,
+    /// Producer linger in milliseconds.
+    #[arg(long, global = true, default_value_t = 2)]
+    linger_ms: u64,
+    #[arg(long, global = true, value_enum, default_value_t = AcksArg::All)]
+    acks: AcksArg,
+    /// Messages to send (or read) in all, after the warm-up.
+    #[arg(long, global = true)]
+    messages: Option<u64>,
+    /// Seconds to run, after the warm-up (default when --messages is absent: 10).
+    #[arg(long, global = true)]
+    duration: Option<u64>,
+    /// Target messages per second over all producers (latency under load); unlimited when absent.
+    #[arg(long, global = true)]
+    rate: Option<u64>,
+    /// Seconds of warm-up whose records are not counted.
+    #[arg(long, global = true, default_value_t = 1)]
+    warmup: u64,
+    /// Records each producer may have unacknowledged.
+    #[arg(long, global = true, default_value_t = 2048)]
+    in_flight: usize,
+    /// Print one JSON result object instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Counters and latencies shared by the workers.
+struct Stats {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mlog-bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.mode, cli.opts)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mlog-bench: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
+    let admin = Admin::connect(opts.bootstrap.as_str()).await?;
+    if admin.describe_topic(&opts.topic).await.is_err() {
+        admin
+            .create_topic(&opts.topic, opts.partitions, &[])
+            .await?;
+    }
+    let partitions = admin.describe_topic(&opts.topic).await?.partitions.len() as u32;
+    let stats = Arc::new(Stats {
+        messages: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    });
+    let warmup = Duration::from_secs(opts.warmup);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let run_for = opts
+        .duration
+        .map(Duration::from_secs)
+        .or(opts.messages.is_none().then_some(Duration::from_secs(10)));
+    let deadline = run_for.map(|d| measure_from + d);
+    let per_producer = opts
+        .messages
+        .map(|m| m.div_ceil(opts.producers.max(1) as u64));
+
+    let progress = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = stats.messages.load(Ordering::Relaxed);
+                eprint!("\r{:>10} msgs/s {:>10} messages", now - last, now);
+                last = now;
+            }
+        })
+    };
+    let mut producers = Vec::new();
+    if mode != Mode::Consume {
+        for i in 0..opts.producers {
+            producers.push(tokio::spawn(produce_worker(
+                opts.clone(),
+                i,
+                stats.clone(),
+                measure_from,
+                deadline,
+                per_producer,
+                mode == Mode::Produce,
+            )));
+        }
+    }
+    let mut consumers = Vec::new();
+    if mode != Mode::Produce {
+        let expected = opts.messages;
+        for i in 0..opts.consumers.max(1) {
+            let mine: Vec<u32> = (0..partitions)
+                .filter(|p| *p as usize % opts.consumers.max(1) == i)
+                .collect();
+            consumers.push(tokio::spawn(consume_worker(
+                opts.clone(),
+                mine,
+                stats.clone(),
+                measure_from,
+                deadline,
+                expected,
+                mode,
+            )));
+        }
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    for p in producers {
+        let h = p
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let _ = histogram.add(&h);
+    }
+    for c in consumers {
+        let h = c
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let _ = histogram.add(&h);
+    }
+    progress.abort();
+    eprintln!();
+    let elapsed = measure_from.elapsed().as_secs_f64().max(1e-9);
+    let messages = stats.messages.load(Ordering::Relaxed);
+    let bytes = stats.bytes.load(Ordering::Relaxed);
+    let mb_s = bytes as f64 / (1024.0 * 1024.0) / elapsed;
+    let msgs_s = messages as f64 / elapsed;
+    let q = |v: f64| histogram.value_at_quantile(v);
+    if opts.json {
+        println!(
+            "{}",
+            json!({
+                "mode": mode_name(mode),
+                "throughput_mb_s": mb_s, "throughput_msgs_s": msgs_s, "messages": messages, "bytes": bytes,
+                "elapsed_s": elapsed, "message_size": opts.message_size, "producers": opts.producers,
+                "consumers": opts.consumers, "partitions": partitions,
+                "latency_us": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": histogram.max() }
+            })
+        );
+    } else {
+        println!(
+            "{} {messages} messages, {:.1} MB/s, {:.0} msgs/s over {elapsed:.1} s",
+            mode_name(mode),
+            mb_s,
+            msgs_s
+        );
+        if !histogram.is_empty() {
+            println!(
+                "latency us: p50 {} p90 {} p99 {} p99.9 {} max {}",
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(0.999),
+                histogram.max()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Produce => "produce",
+        Mode::Consume => "consume",
+        Mode::E2e => "e2e",
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Sends until `deadline` or `limit` messages; returns send-to-ack latencies (when `record`).
+async fn produce_worker(
+    opts: Opts,
+    index: usize,
+    stats: Arc<Stats>,
+    measure_from: Instant,
+    deadline: Option<Instant>,
+    limit: Option<u64>,
+    record: bool,
+) -> Result<Histogram<u64>, ClientError> {
+    let acks = match opts.acks {
+        AcksArg::All => Acks::All,
+        AcksArg::Leader => Acks::Leader,
+        AcksArg::None => Acks::None,
+    };
+    let config = ProducerConfig {
+        acks,
+        batch_bytes: opts.batch_bytes,
+        linger: Duration::from_millis(opts.linger_ms),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&opts.bootstrap, config).await?;
+    let window = Arc::new(tokio::sync::Semaphore::new(opts.in_flight.max(1)));
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let interval = opts
+        .rate
+        .map(|r| Duration::from_secs_f64(opts.producers.max(1) as f64 / r.max(1) as f64));
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut value = vec![0x5au8; opts.message_size.max(8)];
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d)
+            || limit.is_some_and(|l| sent >= l && now >= measure_from)
+        {
+            break;
+        }
+        if let Some(i) = interval {
+            tokio::time::sleep_until((started + i.mul_f64(sent as f64)).into()).await;
+        }
+        let permit = window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        value[..8].copy_from_slice(&now_ns().to_be_bytes());
+        let key = format!("{index}-{sent}");
+        let (p, v, stats, tx) = (
+            producer.clone(),
+            value.clone(),
+            stats.clone(),
+            lat_tx.clone(),
+        );
+        let topic = opts.topic.clone();
+        let counted = Instant::now() >= measure_from;
+        if counted {
+            sent += 1;
+        }
+        tokio::spawn(async move {
+            let t = Instant::now();
+            if p.send(&topic, Some(key.as_bytes()), &v, &[]).await.is_ok() && counted && record {
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+                stats.bytes.fetch_add(v.len() as u64, Ordering::Relaxed);
+                let _ = tx.send(t.elapsed().as_micros() as u64);
+            }
+            drop(permit);
+        });
+    }
+    producer.flush().await?;
+    drop(lat_tx);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    while let Some(us) = lat_rx.recv().await {
+        let _ = h.record(us.max(1));
+    }
+    Ok(h)
+}
+
+/// Reads the given partitions until `deadline` or `expected` messages; returns send-to-receive
+/// latencies in e2e mode.
+async fn consume_worker(
+    opts: Opts,
+    partitions: Vec<u32>,
+    stats: Arc<Stats>,
+    measure_from: Instant,
+    deadline: Option<Instant>,
+    expected: Option<u64>,
+    mode: Mode,
+) -> Result<Histogram<u64>, ClientError> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if partitions.is_empty() {
+        return Ok(h);
+    }
+    let reset = if mode == Mode::E2e {
+        OffsetSpec::Latest
+    } else {
+        OffsetSpec::Earliest
+    };
+    let config = ConsumerConfig {
+        max_wait: Duration::from_millis(100),
+        reset,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::connect(&opts.bootstrap, config).await?;
+    consumer.assign(&opts.topic, Some(partitions)).await?;
+    let mut idle_since = Instant::now();
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d)
+            || expected.is_some_and(|e| stats.messages.load(Ordering::Relaxed) >= e)
+        {
+            break;
+        }
+        if idle_since.elapsed() > Duration::from_secs(10) {
+            break; // nothing more is coming
+        }
+        let records = consumer.poll().await?;
+        if !records.is_empty() {
+            idle_since = Instant::now();
+        }
+        let arrived = now_ns();
+        for r in records {
+            if Instant::now() < measure_from {
+                continue;
+            }
+            let value = r.value.unwrap_or_default();
+            stats.messages.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(value.len() as u64, Ordering::Relaxed);
+            if mode == Mode::E2e && value.len() >= 8 {
+                let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
+                let _ = h.record((arrived.saturating_sub(sent) / 1000).max(1));
+            }
+        }
+    }
+    Ok(h)
+}
