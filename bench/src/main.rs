@@ -289,14 +289,30 @@ async fn produce_worker(
         ..ProducerConfig::default()
     };
     let producer = Producer::connect(&opts.bootstrap, config).await?;
-    let window = Arc::new(tokio::sync::Semaphore::new(opts.in_flight.max(1)));
-    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let interval = opts
         .rate
         .map(|r| Duration::from_secs_f64(opts.producers.max(1) as f64 / r.max(1) as f64));
     let started = Instant::now();
     let mut sent = 0u64;
     let mut value = vec![0x5au8; opts.message_size.max(8)];
+    // Sends in flight, polled together (no task per message: that would cost more than the send).
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    let mut record_ack = |done: Option<(
+        Instant,
+        bool,
+        Result<mlog_client::RecordMetadata, ClientError>,
+        usize,
+    )>| {
+        if let Some((t, counted, result, len)) = done {
+            if result.is_ok() && counted && record {
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+                stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+            }
+        }
+    };
     loop {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d)
@@ -305,43 +321,35 @@ async fn produce_worker(
             break;
         }
         if let Some(i) = interval {
-            tokio::time::sleep_until((started + i.mul_f64(sent as f64)).into()).await;
+            let due = started + i.mul_f64(sent as f64);
+            while Instant::now() < due {
+                tokio::select! {
+                    done = futures_util::StreamExt::next(&mut pending), if !pending.is_empty() => record_ack(done),
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+            }
         }
-        let permit = window
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        while pending.len() >= opts.in_flight.max(1) {
+            let done = futures_util::StreamExt::next(&mut pending).await;
+            record_ack(done);
+        }
         value[..8].copy_from_slice(&now_ns().to_be_bytes());
         let key = format!("{index}-{sent}");
-        let (p, v, stats, tx) = (
-            producer.clone(),
-            value.clone(),
-            stats.clone(),
-            lat_tx.clone(),
-        );
-        let topic = opts.topic.clone();
         let counted = Instant::now() >= measure_from;
         if counted {
             sent += 1;
         }
-        tokio::spawn(async move {
+        let (p, v, topic) = (producer.clone(), value.clone(), opts.topic.clone());
+        pending.push(async move {
             let t = Instant::now();
-            if p.send(&topic, Some(key.as_bytes()), &v, &[]).await.is_ok() && counted && record {
-                stats.messages.fetch_add(1, Ordering::Relaxed);
-                stats.bytes.fetch_add(v.len() as u64, Ordering::Relaxed);
-                let _ = tx.send(t.elapsed().as_micros() as u64);
-            }
-            drop(permit);
+            let r = p.send(&topic, Some(key.as_bytes()), &v, &[]).await;
+            (t, counted, r, v.len())
         });
     }
-    producer.flush().await?;
-    drop(lat_tx);
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    while let Some(us) = lat_rx.recv().await {
-        let _ = h.record(us.max(1));
+    while let Some(done) = futures_util::StreamExt::next(&mut pending).await {
+        record_ack(Some(done));
     }
+    producer.flush().await?;
     Ok(h)
 }
 
