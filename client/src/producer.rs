@@ -99,14 +99,16 @@ struct Pending {
     id: u64,
     builder: RecordBatchBuilder,
     waiters: Vec<Waiter>,
-    permits: Vec<OwnedSemaphorePermit>,
+    /// The buffer memory its records hold, released when the batch completes.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 struct Inner {
     bootstrap: String,
     config: ProducerConfig,
     memory: Arc<Semaphore>,
-    pending: Mutex<HashMap<Slot, Pending>>,
+    /// Batches being filled, by topic then partition (looked up without allocating).
+    pending: Mutex<HashMap<String, HashMap<u32, Pending>>>,
     /// One batch in flight per partition, in order (tokio's mutex is fair).
     in_flight: Mutex<HashMap<Slot, Turn>>,
     /// The listener of each partition's owner shard.
@@ -223,30 +225,40 @@ impl Producer {
             .collect();
         let record = NewRecord::new(timestamp, key, Some(value)).with_headers(&headers);
         let (tx, rx) = oneshot::channel();
-        let slot = (topic.to_string(), partition);
         let (full, new_batch) = {
             let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let new_batch = !pending.contains_key(&slot);
-            let batch = pending.entry(slot.clone()).or_insert_with(|| Pending {
+            if !pending.contains_key(topic) {
+                pending.insert(topic.to_string(), HashMap::new());
+            }
+            let Some(partitions) = pending.get_mut(topic) else {
+                return Err(ClientError::Protocol("batch table lost a topic".into()));
+            };
+            let new_batch = !partitions.contains_key(&partition);
+            let batch = partitions.entry(partition).or_insert_with(|| Pending {
                 id: self.inner.next_batch.fetch_add(1, Ordering::Relaxed),
                 builder: RecordBatchBuilder::new(),
                 waiters: Vec::new(),
-                permits: Vec::new(),
+                permit: None,
             });
             batch
                 .builder
                 .push(record)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
             batch.waiters.push(tx);
-            batch.permits.push(permit);
+            match &mut batch.permit {
+                Some(p) => p.merge(permit),
+                None => batch.permit = Some(permit),
+            }
             let full = batch.builder.encoded_len() >= self.inner.config.batch_bytes;
             (full.then_some(batch.id), new_batch.then_some(batch.id))
         };
+        let slot = || (topic.to_string(), partition);
         if let Some(id) = full {
-            self.inner.clone().dispatch(slot.clone(), id);
+            self.inner.clone().dispatch(slot(), id);
         } else if let Some(id) = new_batch {
             let inner = self.inner.clone();
             let linger = inner.config.linger;
+            let slot = slot();
             tokio::spawn(async move {
                 tokio::time::sleep(linger).await;
                 inner.dispatch(slot, id);
@@ -257,9 +269,12 @@ impl Producer {
 
     /// Sends every buffered record now and waits until all are acknowledged (or failed).
     pub async fn flush(&self) -> Result<()> {
-        let slots: Vec<((String, u32), u64)> = {
+        let slots: Vec<(Slot, u64)> = {
             let pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.iter().map(|(k, p)| (k.clone(), p.id)).collect()
+            pending
+                .iter()
+                .flat_map(|(t, parts)| parts.iter().map(move |(p, b)| ((t.clone(), *p), b.id)))
+                .collect()
         };
         for (slot, id) in slots {
             self.inner.clone().dispatch(slot, id);
@@ -289,8 +304,11 @@ impl Inner {
     fn dispatch(self: Arc<Self>, slot: (String, u32), id: u64) {
         let batch = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            match pending.get(&slot) {
-                Some(p) if p.id == id => pending.remove(&slot),
+            let partitions = pending.get_mut(&slot.0);
+            match partitions {
+                Some(parts) if parts.get(&slot.1).is_some_and(|p| p.id == id) => {
+                    parts.remove(&slot.1)
+                }
                 _ => None,
             }
         };
@@ -304,7 +322,7 @@ impl Inner {
             let Pending {
                 builder,
                 waiters,
-                permits,
+                permit,
                 ..
             } = batch;
             let outcome = match builder.build() {
@@ -321,7 +339,7 @@ impl Inner {
                 };
                 let _ = w.send(r);
             }
-            drop(permits);
+            drop(permit);
         });
     }
 
