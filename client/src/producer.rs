@@ -2,8 +2,10 @@
 //!
 //! Records are appended to a per-partition batch (a Kafka v2 `RecordBatchBuilder`); a batch is sent
 //! when it reaches `batch_bytes` or `linger` after its first record, to the shard that owns the
-//! partition (found in Metadata). One batch per partition is in flight at a time, in order, so
-//! records of a partition keep their order. Memory is bounded: `send` waits while `buffer_bytes` of
+//! partition (found in Metadata). One batch per partition is in flight at a time, sent by that
+//! partition's sender task in the order the batches were taken, so a partition's records are stored
+//! in the order their sends were enqueued: sends awaited one after another, or polled in order (as
+//! `join_all` does) while buffer memory is available. Memory is bounded: `send` waits while `buffer_bytes` of
 //! records are buffered or in flight (back-pressure instead of unbounded growth).
 //!
 //! Retries resend a batch after a retriable error (connection lost, timeout, broker stopping) with
@@ -89,8 +91,6 @@ pub struct RecordMetadata {
 type Waiter = oneshot::Sender<Result<RecordMetadata>>;
 /// `(topic, partition)`.
 type Slot = (String, u32);
-/// A partition's turn to send: held while its batch is in flight.
-type Turn = Arc<tokio::sync::Mutex<()>>;
 /// A connection, made on first use and dropped after a failure.
 type SharedConnection = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
@@ -109,8 +109,8 @@ struct Inner {
     memory: Arc<Semaphore>,
     /// Batches being filled, by topic then partition (looked up without allocating).
     pending: Mutex<HashMap<String, HashMap<u32, Pending>>>,
-    /// One batch in flight per partition, in order (tokio's mutex is fair).
-    in_flight: Mutex<HashMap<Slot, Turn>>,
+    /// Each partition's sender task, fed its batches in order.
+    senders: Mutex<HashMap<Slot, tokio::sync::mpsc::UnboundedSender<Pending>>>,
     /// The listener of each partition's owner shard.
     routes: Mutex<HashMap<Slot, String>>,
     partition_counts: Mutex<HashMap<String, u32>>,
@@ -147,7 +147,7 @@ impl Producer {
                 memory: Arc::new(Semaphore::new(config.buffer_bytes)),
                 config,
                 pending: Mutex::new(HashMap::new()),
-                in_flight: Mutex::new(HashMap::new()),
+                senders: Mutex::new(HashMap::new()),
                 routes: Mutex::new(HashMap::new()),
                 partition_counts: Mutex::new(HashMap::new()),
                 connections: Mutex::new(HashMap::new()),
@@ -206,13 +206,23 @@ impl Producer {
                 .iter()
                 .map(|(k, v)| k.len() + v.len() + 8)
                 .sum::<usize>();
-        let permit = self
-            .inner
-            .memory
-            .clone()
-            .acquire_many_owned(size.min(self.inner.config.buffer_bytes) as u32)
-            .await
-            .map_err(|_| ClientError::Protocol("the producer is closed".into()))?;
+        // Take the memory without yielding when it is there: a send that yields here (tokio's
+        // cooperative budget makes even an available semaphore yield now and then) would be
+        // enqueued after sends polled later, and a partition's records keep the order in which
+        // their sends are enqueued.
+        let units = size.min(self.inner.config.buffer_bytes) as u32;
+        let closed = || ClientError::Protocol("the producer is closed".into());
+        let permit = match self.inner.memory.clone().try_acquire_many_owned(units) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => self
+                .inner
+                .memory
+                .clone()
+                .acquire_many_owned(units)
+                .await
+                .map_err(|_| closed())?,
+        };
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -313,34 +323,23 @@ impl Inner {
             }
         };
         let Some(batch) = batch else { return };
-        let order = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            in_flight.entry(slot.clone()).or_default().clone()
+        // Batches of a partition go out one at a time, in the order they were taken: each
+        // partition has one sender task fed through a channel (spawning a task per batch would let
+        // the scheduler reorder them).
+        let queue = {
+            let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+            senders
+                .entry(slot.clone())
+                .or_insert_with(|| {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(partition_sender(Arc::downgrade(&self), slot.clone(), rx));
+                    tx
+                })
+                .clone()
         };
-        tokio::spawn(async move {
-            let _turn = order.lock().await;
-            let Pending {
-                builder,
-                waiters,
-                permit,
-                ..
-            } = batch;
-            let outcome = match builder.build() {
-                Ok(bytes) => self.send_batch(&slot.0, slot.1, &bytes).await,
-                Err(e) => Err(ClientError::Protocol(e.to_string())),
-            };
-            for (i, w) in waiters.into_iter().enumerate() {
-                let r = match &outcome {
-                    Ok(base) => Ok(RecordMetadata {
-                        partition: slot.1,
-                        offset: if *base < 0 { -1 } else { base + i as i64 },
-                    }),
-                    Err(e) => Err(clone_error(e)),
-                };
-                let _ = w.send(r);
-            }
-            drop(permit);
-        });
+        // The sender task lives as long as the producer; a send can only fail after shutdown, and
+        // then the batch's waiters learn it from their dropped channels.
+        let _ = queue.send(batch);
     }
 
     /// Sends one batch with retries; returns its base offset (-1 with acks=none).
@@ -500,6 +499,39 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.to_string(), partitions);
         Ok(())
+    }
+}
+
+/// Sends one partition's batches in order and answers their records. Holds the producer weakly, so
+/// that dropping every `Producer` (and with it the channel's sender) ends the task.
+async fn partition_sender(
+    inner: std::sync::Weak<Inner>,
+    slot: Slot,
+    mut batches: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+) {
+    while let Some(batch) = batches.recv().await {
+        let Some(this) = inner.upgrade() else { return };
+        let Pending {
+            builder,
+            waiters,
+            permit,
+            ..
+        } = batch;
+        let outcome = match builder.build() {
+            Ok(bytes) => this.send_batch(&slot.0, slot.1, &bytes).await,
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
+        };
+        for (i, w) in waiters.into_iter().enumerate() {
+            let r = match &outcome {
+                Ok(base) => Ok(RecordMetadata {
+                    partition: slot.1,
+                    offset: if *base < 0 { -1 } else { base + i as i64 },
+                }),
+                Err(e) => Err(clone_error(e)),
+            };
+            let _ = w.send(r);
+        }
+        drop(permit);
     }
 }
 

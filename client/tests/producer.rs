@@ -165,3 +165,41 @@ async fn a_small_buffer_applies_back_pressure_instead_of_growing() {
         "closed producers refuse sends"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_a_partition_keep_their_send_order_across_many_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("ordered", 1, &[])
+        .await
+        .unwrap();
+    // Tiny batches: thousands of them, each dispatched as soon as it fills.
+    let config = ProducerConfig {
+        batch_bytes: 300,
+        linger: Duration::from_millis(1),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(broker.addr(), config).await.unwrap();
+    let values: Vec<String> = (0..3000).map(|i| format!("record-{i:05}")).collect();
+    // join_all polls the sends in order, so they are enqueued in this order.
+    let sends = values
+        .iter()
+        .map(|v| producer.send_to("ordered", 0, None, v.as_bytes(), &[]));
+    let acks = futures_util::future::join_all(sends).await;
+    let offsets: Vec<i64> = acks.into_iter().map(|a| a.unwrap().offset).collect();
+    assert_eq!(
+        offsets,
+        (0..3000).collect::<Vec<i64>>(),
+        "offsets follow the send order"
+    );
+    let stored = read_partition(broker.addr(), "ordered", 0).await;
+    let stored_values: Vec<String> = stored
+        .into_iter()
+        .map(|(_, _, v)| String::from_utf8(v).unwrap())
+        .collect();
+    assert_eq!(stored_values, values);
+    producer.close().await.unwrap();
+}
