@@ -108,6 +108,20 @@ struct Opts {
 struct Stats {
     messages: AtomicU64,
     bytes: AtomicU64,
+    /// Sends that failed.
+    errors: AtomicU64,
+    /// Nanoseconds from the start of measurement to the last counted record: throughput is
+    /// measured up to it, not up to when the workers noticed they were done.
+    last_ns: AtomicU64,
+}
+
+impl Stats {
+    fn count(&self, bytes: usize, measure_from: Instant) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let ns = measure_from.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.last_ns.fetch_max(ns, Ordering::Relaxed);
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -142,8 +156,15 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
     let stats = Arc::new(Stats {
         messages: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        last_ns: AtomicU64::new(0),
     });
-    let warmup = Duration::from_secs(opts.warmup);
+    // A consumer reading what is already stored has nothing to warm up.
+    let warmup = Duration::from_secs(if mode == Mode::Consume {
+        0
+    } else {
+        opts.warmup
+    });
     let start = Instant::now();
     let measure_from = start + warmup;
     let run_for = opts
@@ -215,7 +236,8 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
     }
     progress.abort();
     eprintln!();
-    let elapsed = measure_from.elapsed().as_secs_f64().max(1e-9);
+    let elapsed = (stats.last_ns.load(Ordering::Relaxed) as f64 / 1e9).max(1e-9);
+    let errors = stats.errors.load(Ordering::Relaxed);
     let messages = stats.messages.load(Ordering::Relaxed);
     let bytes = stats.bytes.load(Ordering::Relaxed);
     let mb_s = bytes as f64 / (1024.0 * 1024.0) / elapsed;
@@ -228,7 +250,7 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
                 "mode": mode_name(mode),
                 "throughput_mb_s": mb_s, "throughput_msgs_s": msgs_s, "messages": messages, "bytes": bytes,
                 "elapsed_s": elapsed, "message_size": opts.message_size, "producers": opts.producers,
-                "consumers": opts.consumers, "partitions": partitions,
+                "consumers": opts.consumers, "partitions": partitions, "errors": errors,
                 "latency_us": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": histogram.max() }
             })
         );
@@ -249,6 +271,9 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
                 histogram.max()
             );
         }
+    }
+    if errors > 0 {
+        return Err(ClientError::Protocol(format!("{errors} sends failed")));
     }
     Ok(())
 }
@@ -306,10 +331,15 @@ async fn produce_worker(
         usize,
     )>| {
         if let Some((t, counted, result, len)) = done {
-            if result.is_ok() && counted && record {
-                stats.messages.fetch_add(1, Ordering::Relaxed);
-                stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
-                let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+            match result {
+                Ok(_) if counted && record => {
+                    stats.count(len, measure_from);
+                    let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     };
@@ -333,7 +363,11 @@ async fn produce_worker(
             let done = futures_util::StreamExt::next(&mut pending).await;
             record_ack(done);
         }
-        value[..8].copy_from_slice(&now_ns().to_be_bytes());
+        // With --rate, latency counts from when the record was due, so a bench that falls behind
+        // its schedule reports the wait instead of hiding it (coordinated omission).
+        let send_at = interval.map_or_else(Instant::now, |i| started + i.mul_f64(sent as f64));
+        let late_ns = send_at.elapsed().as_nanos() as u64;
+        value[..8].copy_from_slice(&now_ns().saturating_sub(late_ns).to_be_bytes());
         let key = format!("{index}-{sent}");
         let counted = Instant::now() >= measure_from;
         if counted {
@@ -341,9 +375,8 @@ async fn produce_worker(
         }
         let (p, v, topic) = (producer.clone(), value.clone(), opts.topic.clone());
         pending.push(async move {
-            let t = Instant::now();
             let r = p.send(&topic, Some(key.as_bytes()), &v, &[]).await;
-            (t, counted, r, v.len())
+            (send_at, counted, r, v.len())
         });
     }
     while let Some(done) = futures_util::StreamExt::next(&mut pending).await {
@@ -402,8 +435,7 @@ async fn consume_worker(
                 continue;
             }
             let value = r.value.unwrap_or_default();
-            stats.messages.fetch_add(1, Ordering::Relaxed);
-            stats.bytes.fetch_add(value.len() as u64, Ordering::Relaxed);
+            stats.count(value.len(), measure_from);
             if mode == Mode::E2e && value.len() >= 8 {
                 let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
                 let _ = h.record((arrived.saturating_sub(sent) / 1000).max(1));

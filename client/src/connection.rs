@@ -62,14 +62,23 @@ impl Connection {
         };
         encode_request(&mut out, &header, body);
         self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
-        let frame = self.read_frame().await?;
-        let (header, body) = decode_response(&frame)?;
-        if header.correlation_id != id {
-            return Err(ClientError::Protocol(format!(
-                "response {} to request {id}",
-                header.correlation_id
-            )));
-        }
+        // Responses come in request order; one for an earlier request whose caller gave up (its
+        // future was dropped) is read and discarded.
+        let (frame, header, body) = loop {
+            let frame = self.read_frame().await?;
+            let (header, body) = decode_response(&frame)?;
+            let (header, range) = (header, frame.slice_ref(body));
+            if header.correlation_id == id {
+                break (frame, header, range);
+            }
+            if header.correlation_id.wrapping_sub(id) as i32 > 0 {
+                return Err(ClientError::Protocol(format!(
+                    "response {} to request {id}",
+                    header.correlation_id
+                )));
+            }
+        };
+        let body = &body[..];
         if header.error != ErrorCode::None {
             let message = decode_body::<String>(body, "error message").ok();
             return Err(ClientError::broker(header.error, message));

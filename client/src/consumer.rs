@@ -241,17 +241,21 @@ impl Consumer {
         };
         let resp: FetchResponse<'_> =
             mlog_wire::protocol::frame::decode_body(&body, "FetchResponse")?;
+        // Positions move only once the whole response was read: an error part-way leaves them
+        // where they were, so the next poll fetches the same records again instead of losing them.
         let mut out = Vec::new();
         let mut resets = Vec::new();
+        let mut moved: Vec<(usize, i64)> = Vec::new();
         for t in &resp.topics {
             for p in &t.partitions {
-                let Some(a) = self
+                let Some(index) = self
                     .assigned
-                    .iter_mut()
-                    .find(|a| a.topic == t.name && a.partition == p.partition)
+                    .iter()
+                    .position(|a| a.topic == t.name && a.partition == p.partition)
                 else {
                     continue;
                 };
+                let a = &self.assigned[index];
                 match p.error {
                     ErrorCode::None => {}
                     ErrorCode::OffsetOutOfRange => {
@@ -265,6 +269,7 @@ impl Consumer {
                         ))
                     }
                 }
+                let mut position = a.position;
                 let mut data = p.records.0;
                 while !data.is_empty() {
                     let batch = RecordBatch::parse(data)
@@ -274,7 +279,7 @@ impl Consumer {
                         .map_err(|e| ClientError::Protocol(e.to_string()))?
                     {
                         let r = record.map_err(|e| ClientError::Protocol(e.to_string()))?;
-                        if r.offset < a.position {
+                        if r.offset < position {
                             continue;
                         }
                         out.push(ConsumerRecord {
@@ -291,10 +296,14 @@ impl Consumer {
                                 .collect(),
                         });
                     }
-                    a.position = a.position.max(batch.next_offset());
+                    position = position.max(batch.next_offset());
                     data = &data[batch.total_len()..];
                 }
+                moved.push((index, position));
             }
+        }
+        for (index, position) in moved {
+            self.assigned[index].position = position;
         }
         for (topic, partition) in resets {
             let position = self.lookup(&topic, partition, self.config.reset).await?;

@@ -117,6 +117,8 @@ struct Inner {
     connections: Mutex<HashMap<String, SharedConnection>>,
     next_batch: AtomicU64,
     round_robin: AtomicU64,
+    /// Serializes the entry of records into the buffers (see `Producer::begin_send`).
+    order: tokio::sync::Mutex<()>,
 }
 
 /// Sends records to topics.
@@ -139,6 +141,11 @@ pub struct Producer {
 impl Producer {
     /// Connects to a broker of the cluster.
     pub async fn connect(bootstrap: &str, config: ProducerConfig) -> Result<Producer> {
+        if config.buffer_bytes == 0 || u32::try_from(config.buffer_bytes).is_err() {
+            return Err(ClientError::Protocol(
+                "buffer_bytes must be between 1 and 4 GiB - 1".into(),
+            ));
+        }
         // Fail early and clearly if the broker cannot be reached.
         Connection::connect(bootstrap).await?;
         Ok(Producer {
@@ -153,6 +160,7 @@ impl Producer {
                 connections: Mutex::new(HashMap::new()),
                 next_batch: AtomicU64::new(0),
                 round_robin: AtomicU64::new(0),
+                order: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -166,14 +174,9 @@ impl Producer {
         value: &[u8],
         headers: &[(&[u8], &[u8])],
     ) -> Result<RecordMetadata> {
-        let partitions = self.inner.partition_count(topic).await?;
-        let partition = match key {
-            Some(k) => (hash(k) % partitions as u64) as u32,
-            None => {
-                (self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % partitions as u64) as u32
-            }
-        };
-        self.send_to(topic, partition, key, value, headers).await
+        self.begin_send(topic, None, key, value, headers)
+            .await?
+            .await
     }
 
     /// Sends one record to a given partition.
@@ -185,9 +188,44 @@ impl Producer {
         value: &[u8],
         headers: &[(&[u8], &[u8])],
     ) -> Result<RecordMetadata> {
+        self.begin_send(topic, Some(partition), key, value, headers)
+            .await?
+            .await
+    }
+
+    /// Buffers one record (to `partition`, or by key hash / round-robin) and returns the future of
+    /// its acknowledgement. Records buffered by `begin_send` calls awaited one after another are
+    /// stored in that order within a partition, while the acknowledgements can be awaited later
+    /// (what `mlog produce` does to keep input order without waiting for each record).
+    pub async fn begin_send(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> Result<impl std::future::Future<Output = Result<RecordMetadata>> + Send + 'static> {
+        // One record enters the buffers at a time, in the order the calls arrived (tokio's mutex
+        // is fair): a first send that has to look up the topic cannot be overtaken by later ones.
+        let _order = self.inner.order.lock().await;
+        let partition = match partition {
+            Some(p) => p,
+            None => {
+                let partitions = self.inner.partition_count(topic).await?;
+                match key {
+                    Some(k) => (hash(k) % partitions as u64) as u32,
+                    None => {
+                        (self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % partitions as u64)
+                            as u32
+                    }
+                }
+            }
+        };
         let rx = self.enqueue(topic, partition, key, value, headers).await?;
-        rx.await
-            .map_err(|_| ClientError::Protocol("the producer was dropped".into()))?
+        Ok(async move {
+            rx.await
+                .map_err(|_| ClientError::Protocol("the producer was dropped".into()))?
+        })
     }
 
     /// Buffers one record and returns where its acknowledgement will arrive.
@@ -290,7 +328,7 @@ impl Producer {
             self.inner.clone().dispatch(slot, id);
         }
         // Every permit back means nothing is buffered or in flight.
-        let all = self.inner.config.buffer_bytes as u32;
+        let all = u32::try_from(self.inner.config.buffer_bytes).unwrap_or(u32::MAX);
         let permits = self
             .inner
             .memory
@@ -349,7 +387,19 @@ impl Inner {
         loop {
             match self.try_send(topic, partition, records).await {
                 Ok(base) => return Ok(base),
-                Err(e) if e.is_retriable() && attempt < self.config.retries => {
+                // A timed-out produce is still appended by the broker: resending it would store it
+                // twice, so it is reported instead.
+                Err(e)
+                    if e.is_retriable()
+                        && !matches!(
+                            e,
+                            ClientError::Broker {
+                                code: ErrorCode::RequestTimedOut,
+                                ..
+                            }
+                        )
+                        && attempt < self.config.retries =>
+                {
                     attempt += 1;
                     self.forget_route(topic, partition);
                     tokio::time::sleep(backoff).await;

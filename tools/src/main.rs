@@ -343,14 +343,12 @@ async fn produce(bootstrap: &str, args: ProduceArgs) -> Result<(), ClientError> 
             },
             (None, None) => (None, line.into_bytes()),
         };
-        let (p, topic, partition) = (producer.clone(), args.topic.clone(), args.partition);
-        let task = tokio::spawn(async move {
-            match partition {
-                Some(part) => p.send_to(&topic, part, key.as_deref(), &value, &[]).await,
-                None => p.send(&topic, key.as_deref(), &value, &[]).await,
-            }
-        });
-        if tx.send(task).await.is_err() {
+        // Buffered in input order (so stored in input order within a partition); the
+        // acknowledgements are awaited by the printer, in input order too.
+        let ack = producer
+            .begin_send(&args.topic, args.partition, key.as_deref(), &value, &[])
+            .await?;
+        if tx.send(tokio::spawn(ack)).await.is_err() {
             break; // the printer stopped on an error: it reports it below
         }
     }
@@ -409,7 +407,17 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
         if !records.is_empty() {
             last = Instant::now();
         }
-        for r in records {
+        let mut records = records.into_iter().peekable();
+        while let Some(r) = records.next() {
+            if args.max_messages.is_some_and(|m| seen >= m) {
+                // Stopped part-way through a poll: the unprinted records must not be committed.
+                rewind(
+                    &mut consumer,
+                    &args.topic,
+                    std::iter::once(r).chain(records),
+                )?;
+                break 'poll;
+            }
             let key = r
                 .key
                 .as_deref()
@@ -449,10 +457,16 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
                     .replace("{value}", &value)
             };
             if writeln!(out, "{line}").is_err() {
+                rewind(
+                    &mut consumer,
+                    &args.topic,
+                    std::iter::once(r).chain(records),
+                )?;
                 break 'poll;
             }
             seen += 1;
             if args.max_messages.is_some_and(|m| seen >= m) {
+                rewind(&mut consumer, &args.topic, records)?;
                 break 'poll;
             }
         }
@@ -467,6 +481,23 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
     let _ = out.flush();
     if args.group.is_some() {
         consumer.commit().await?;
+    }
+    Ok(())
+}
+
+/// Moves each partition's position back to the first of `unprinted`, so that a commit covers only
+/// what was printed.
+fn rewind(
+    consumer: &mut Consumer,
+    topic: &str,
+    unprinted: impl Iterator<Item = mlog_client::ConsumerRecord>,
+) -> Result<(), ClientError> {
+    let mut first = std::collections::BTreeMap::new();
+    for r in unprinted {
+        first.entry(r.partition).or_insert(r.offset);
+    }
+    for (partition, offset) in first {
+        consumer.seek_to_offset(topic, partition, offset)?;
     }
     Ok(())
 }

@@ -188,6 +188,57 @@ fn topics_produce_consume_and_groups_round_trip() {
         serde_json::from_str(&ok(mlog(b, &["cluster", "status", "-o", "json"], b""))).unwrap();
     assert_eq!(status["endpoints"].as_array().unwrap().len(), 2);
 
+    // A group that stops after a few records commits only what it printed.
+    let twenty: String = (0..20).map(|i| format!("g{i}\n")).collect();
+    ok(mlog(
+        b,
+        &["produce", "lines", "--partition", "0"],
+        twenty.as_bytes(),
+    ));
+    let first = ok(mlog(
+        b,
+        &[
+            "consume",
+            "lines",
+            "--partition",
+            "0",
+            "--offset",
+            "2",
+            "--group",
+            "pager",
+            "--max-messages",
+            "5",
+            "--timeout-ms",
+            "5000",
+            "--format",
+            "{offset}",
+        ],
+        b"",
+    ));
+    assert_eq!(first, "2\n3\n4\n5\n6\n");
+    let next = ok(mlog(
+        b,
+        &[
+            "consume",
+            "lines",
+            "--partition",
+            "0",
+            "--group",
+            "pager",
+            "--max-messages",
+            "5",
+            "--timeout-ms",
+            "5000",
+            "--format",
+            "{offset}",
+        ],
+        b"",
+    ));
+    assert_eq!(
+        next, "7\n8\n9\n10\n11\n",
+        "resumes right after the last printed record"
+    );
+
     ok(mlog(b, &["topic", "delete", "lines"], b""));
     let out = mlog(b, &["topic", "describe", "lines"], b"");
     assert_eq!(out.status.code(), Some(1));
