@@ -415,6 +415,11 @@ async fn consume_worker(
     let mut consumer = Consumer::connect(&opts.bootstrap, config).await?;
     consumer.assign(&opts.topic, Some(partitions)).await?;
     let mut idle_since = Instant::now();
+    let measure_from_ns = now_ns().saturating_add(
+        measure_from
+            .saturating_duration_since(Instant::now())
+            .as_nanos() as u64,
+    );
     loop {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d)
@@ -435,11 +440,15 @@ async fn consume_worker(
                 continue;
             }
             let value = r.value.unwrap_or_default();
-            stats.count(value.len(), measure_from);
             if mode == Mode::E2e && value.len() >= 8 {
                 let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
+                // Records sent during the warm-up are not measured, even when they arrive after it.
+                if sent < measure_from_ns {
+                    continue;
+                }
                 let _ = h.record((arrived.saturating_sub(sent) / 1000).max(1));
             }
+            stats.count(value.len(), measure_from);
         }
     }
     Ok(h)
