@@ -207,36 +207,13 @@ impl Admin {
 
     /// Looks up one offset of a partition (`-1` from `Timestamp` when no record is that recent).
     pub async fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<i64> {
-        let timestamp = match spec {
-            OffsetSpec::Earliest => EARLIEST_TIMESTAMP,
-            OffsetSpec::Latest => LATEST_TIMESTAMP,
-            OffsetSpec::Timestamp(ts) => ts,
-        };
-        let req = ListOffsetsRequest {
-            topics: vec![ListOffsetsTopic {
-                name: topic.to_string(),
-                partitions: vec![ListOffsetsPartition {
-                    partition,
-                    timestamp,
-                }],
-            }],
-        };
-        let resp: ListOffsetsResponse = self
+        let p = self
             .conn
             .lock()
             .await
-            .request(ApiKey::ListOffsets, &req)
+            .list_offset(topic, partition, spec)
             .await?;
-        let p = resp
-            .topics
-            .into_iter()
-            .flat_map(|t| t.partitions)
-            .next()
-            .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
-        match p.error {
-            ErrorCode::None => Ok(p.offset),
-            code => Err(ClientError::broker(code, None)),
-        }
+        Ok(p.offset)
     }
 }
 

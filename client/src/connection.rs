@@ -8,10 +8,15 @@ use mlog_wire::protocol::frame::{
     check_frame, decode_body, decode_response, encode_request, DEFAULT_MAX_FRAME_BYTES,
     RESPONSE_HEADER_BYTES,
 };
+use mlog_wire::protocol::messages::{
+    ListOffsetsPartition, ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListOffsetsTopic, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+};
 use mlog_wire::protocol::{ApiKey, ErrorCode, RequestHeader, Wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+use crate::admin::OffsetSpec;
 use crate::error::{ClientError, Result};
 
 /// A connection to one broker listener.
@@ -52,16 +57,7 @@ impl Connection {
     /// Sends one request and returns the body of its (successful) response, for responses that
     /// borrow from it (`FetchResponse`). A frame-level error becomes `ClientError::Broker`.
     pub async fn request_raw<'a>(&mut self, api: ApiKey, body: &impl Wire<'a>) -> Result<Bytes> {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        let mut out = BytesMut::new();
-        let header = RequestHeader {
-            api_key: api as u16,
-            api_version: 0,
-            correlation_id: id,
-        };
-        encode_request(&mut out, &header, body);
-        self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
+        let id = self.write_request(api, body).await?;
         // Responses come in request order; one for an earlier request whose caller gave up (its
         // future was dropped) is read and discarded.
         let (frame, header, body) = loop {
@@ -88,6 +84,11 @@ impl Connection {
 
     /// Sends a request that gets no response (a Produce with acks=0).
     pub async fn send_only<'a>(&mut self, api: ApiKey, body: &impl Wire<'a>) -> Result<()> {
+        self.write_request(api, body).await.map(|_| ())
+    }
+
+    /// Encodes and writes one request (version 0) under the next correlation id, returned.
+    async fn write_request<'a>(&mut self, api: ApiKey, body: &impl Wire<'a>) -> Result<u32> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let mut out = BytesMut::new();
@@ -97,7 +98,42 @@ impl Connection {
             correlation_id: id,
         };
         encode_request(&mut out, &header, body);
-        self.stream.write_all(&out).await.map_err(|e| self.io(e))
+        self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
+        Ok(id)
+    }
+
+    /// Looks up one offset of a partition (ListOffsets) and returns the partition's answer.
+    pub(crate) async fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<ListOffsetsPartitionResponse> {
+        let timestamp = match spec {
+            OffsetSpec::Earliest => EARLIEST_TIMESTAMP,
+            OffsetSpec::Latest => LATEST_TIMESTAMP,
+            OffsetSpec::Timestamp(ts) => ts,
+        };
+        let req = ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: topic.to_string(),
+                partitions: vec![ListOffsetsPartition {
+                    partition,
+                    timestamp,
+                }],
+            }],
+        };
+        let resp: ListOffsetsResponse = self.request(ApiKey::ListOffsets, &req).await?;
+        let p = resp
+            .topics
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .next()
+            .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
+        match p.error {
+            ErrorCode::None => Ok(p),
+            code => Err(ClientError::broker(code, None)),
+        }
     }
 
     /// Sends one request and decodes its response.

@@ -174,33 +174,13 @@ impl Consumer {
     }
 
     async fn lookup(&mut self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<i64> {
-        let timestamp = match spec {
-            OffsetSpec::Earliest => EARLIEST_TIMESTAMP,
-            OffsetSpec::Latest => LATEST_TIMESTAMP,
-            OffsetSpec::Timestamp(ts) => ts,
-        };
-        let req = ListOffsetsRequest {
-            topics: vec![ListOffsetsTopic {
-                name: topic.to_string(),
-                partitions: vec![ListOffsetsPartition {
-                    partition,
-                    timestamp,
-                }],
-            }],
-        };
-        let r: ListOffsetsResponse = self.conn.request(ApiKey::ListOffsets, &req).await?;
-        let p = r
-            .topics
-            .into_iter()
-            .flat_map(|t| t.partitions)
-            .next()
-            .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
-        match p.error {
-            // No record that recent: start at the end.
-            ErrorCode::None if p.offset < 0 => Ok(p.high_watermark),
-            ErrorCode::None => Ok(p.offset),
-            code => Err(ClientError::broker(code, None)),
-        }
+        let p = self.conn.list_offset(topic, partition, spec).await?;
+        // No record that recent: start at the end.
+        Ok(if p.offset < 0 {
+            p.high_watermark
+        } else {
+            p.offset
+        })
     }
 
     /// Waits (up to `max_wait`) for records past the positions, returns them in offset order per
