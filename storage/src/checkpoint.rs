@@ -63,7 +63,7 @@ pub(crate) fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
     out.push(kind);
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out);
+    let crc = mlog_wire::checksum::crc32c(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
 }
@@ -88,7 +88,7 @@ pub(crate) fn decode(kind: u8, bytes: &[u8]) -> std::result::Result<&[u8], &'sta
     }
     let (body, crc) = bytes.split_at(HEADER_LEN + len);
     let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32c::crc32c(body) != stored {
+    if mlog_wire::checksum::crc32c(body) != stored {
         return Err("CRC mismatch");
     }
     Ok(&body[HEADER_LEN..])

@@ -407,7 +407,9 @@ impl Log {
         Ok(log)
     }
 
-    /// Appends a batch (validated here), assigning its offsets. The batch's base offset field is
+    /// Appends a batch, assigning its offsets. Its header and CRC are validated here: that is what
+    /// recovery checks, so a batch that passes can never make recovery cut off the batches after it.
+    /// Its records are not walked (the broker validates client batches in full before appending). The batch's base offset field is
     /// rewritten, and its partition leader epoch is set to the newest epoch of the history (if any);
     /// nothing else is changed. Returns once the batch is buffered, or, with `FlushPolicy::Always`,
     /// once an fdatasync covered it.
@@ -437,7 +439,7 @@ impl Log {
                 limit: self.config.max_batch_bytes,
             });
         }
-        let header = *RecordBatch::parse(&batch)?.header();
+        let header = *RecordBatch::parse_header_and_crc(&batch)?.header();
         if header.total_len() != len {
             return Err(StorageError::BatchLengthMismatch {
                 declared: header.total_len(),

@@ -132,14 +132,15 @@ async fn check_large_batch(
     if let Err(e) = header.check_fields() {
         return Ok(Err(e.to_string()));
     }
-    let mut crc = 0u32;
+    let mut crc = mlog_wire::checksum::Crc32c::new();
     let mut at = position + ATTRIBUTES_OFFSET as u64;
     let end = position + total;
     while at < end {
         let n = ((end - at) as usize).min(SCAN_WINDOW_BYTES / 2);
-        crc = crc32c::crc32c_append(crc, window.get(file, path, align, at, n, limit).await?);
+        crc.update(window.get(file, path, align, at, n, limit).await?);
         at += n as u64;
     }
+    let crc = crc.finish();
     if crc != header.crc {
         return Ok(Err(format!(
             "CRC mismatch: stored {:#010x}, computed {crc:#010x}",

@@ -9,6 +9,7 @@
 //! they travel on the wire, so a future Kafka-protocol listener can serve
 //! fetches straight from disk without re-encoding.
 //!
+//! * [`checksum`]: CRC-32C, the checksum of batches and of mlog's files.
 //! * [`varint`]: Kafka's zig-zag varints and varlongs.
 //! * [`batch`]: the v2 record batch — validating parser ([`RecordBatch`]),
 //!   record iterator ([`RecordIter`]), builder ([`RecordBatchBuilder`]) and
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod checksum;
 pub mod protocol;
 pub mod varint;
 

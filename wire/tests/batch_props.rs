@@ -122,7 +122,7 @@ fn build(config: &Config, records: &[OwnedRecord]) -> Vec<u8> {
 
 /// Recomputes and stores the CRC-32C of bytes `ATTRIBUTES_OFFSET..`.
 fn fix_crc(batch: &mut [u8]) {
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    let crc = mlog_wire::checksum::crc32c(&batch[ATTRIBUTES_OFFSET..]);
     batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
