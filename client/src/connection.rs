@@ -19,6 +19,9 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use crate::admin::OffsetSpec;
 use crate::error::{ClientError, Result};
 
+/// Largest request buffer kept for reuse between requests.
+const KEEP_OUT_BYTES: usize = 16 << 20;
+
 /// A connection to one broker listener.
 #[derive(Debug)]
 pub struct Connection {
@@ -26,6 +29,8 @@ pub struct Connection {
     addr: String,
     next_id: u32,
     buf: BytesMut,
+    /// The request being written; kept between requests so that its capacity is reused.
+    out: BytesMut,
     max_frame_bytes: usize,
 }
 
@@ -45,6 +50,7 @@ impl Connection {
             addr: name,
             next_id: 0,
             buf: BytesMut::with_capacity(64 << 10),
+            out: BytesMut::new(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         })
     }
@@ -91,14 +97,18 @@ impl Connection {
     async fn write_request<'a>(&mut self, api: ApiKey, body: &impl Wire<'a>) -> Result<u32> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let mut out = BytesMut::new();
         let header = RequestHeader {
             api_key: api as u16,
             api_version: 0,
             correlation_id: id,
         };
-        encode_request(&mut out, &header, body);
-        self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
+        self.out.clear();
+        encode_request(&mut self.out, &header, body);
+        let written = self.stream.write_all(&self.out).await;
+        if self.out.capacity() > KEEP_OUT_BYTES {
+            self.out = BytesMut::new(); // do not pin a rare huge request's buffer
+        }
+        written.map_err(|e| self.io(e))?;
         Ok(id)
     }
 

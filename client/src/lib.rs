@@ -31,4 +31,4 @@ pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 pub use error::{ClientError, Result};
 pub use mlog_wire::protocol::ErrorCode;
-pub use producer::{Acks, Producer, ProducerConfig, RecordMetadata};
+pub use producer::{Acks, Producer, ProducerConfig, RecordMetadata, SendFuture};

@@ -1,26 +1,41 @@
-//! The producer: batching by partition, key partitioning, acks, retries and bounded memory.
+//! The producer: per-partition batching, partitioning, acks, retries and bounded memory.
 //!
-//! Records are appended to a per-partition batch (a Kafka v2 `RecordBatchBuilder`); a batch is sent
-//! when it reaches `batch_bytes` or `linger` after its first record, to the shard that owns the
-//! partition (found in Metadata). One batch per partition is in flight at a time, sent by that
-//! partition's sender task in the order the batches were taken, so a partition's records are stored
-//! in the order their sends were enqueued: sends awaited one after another, or polled in order (as
-//! `join_all` does) while buffer memory is available. Memory is bounded: `send` waits while `buffer_bytes` of
-//! records are buffered or in flight (back-pressure instead of unbounded growth).
+//! A record enters its partition's open batch (a Kafka v2 `RecordBatchBuilder`). The batch closes
+//! when it reaches `batch_bytes`, when `linger` has passed since its first record, or on `flush`;
+//! closed batches queue per partition, in order. Each broker endpoint (the listener of the shard
+//! that owns a partition, from Metadata) has one sender task with one connection and one request in
+//! flight. A request carries the queued batches of every partition that endpoint owns, up to
+//! `max_request_bytes`: while a request waits for its acknowledgement (an fdatasync with acks=all),
+//! records pile up, so under load batches grow and requests merge without any tuning.
 //!
-//! Retries resend a batch after a retriable error (connection lost, timeout, broker stopping) with
-//! exponential backoff; without idempotence a retried batch can be stored twice if the first
-//! attempt was in fact appended.
+//! Invariants:
+//! * order: a partition's records are stored in the order their `begin_send` calls enqueued them
+//!   (calls awaited one after another, or polled in order); a call that has to wait (for metadata or
+//!   memory) makes every later call wait behind it. A partition has at most one request in flight,
+//!   and a failed request's batches go back to the front of their queues, so retries never reorder
+//!   a partition;
+//! * memory: records buffered or in flight hold `buffer_bytes` permits until their batch is
+//!   answered; `send` waits for room (back-pressure, not growth);
+//! * acknowledgement: the records of a batch share one completion; a record's [`SendFuture`]
+//!   resolves to the batch's base offset plus the record's index.
+//!
+//! Retries resend a batch after a retriable error (connection lost, broker stopping, not the owner)
+//! with exponential backoff and a metadata refresh. A timed-out produce is not resent: the broker
+//! may have appended it, and without idempotence a resend would store it twice.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::{ApiKey, ErrorCode, RawBytes};
 use mlog_wire::{NewRecord, RecordBatchBuilder, RecordHeader};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio::time::Instant;
 
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
@@ -51,17 +66,21 @@ impl Acks {
 pub struct ProducerConfig {
     /// Acknowledgement level.
     pub acks: Acks,
-    /// How long a batch waits for more records after its first.
+    /// How long a batch waits for more records after its first. Zero sends a batch as soon as its
+    /// partition has no request in flight; records arriving meanwhile still form batches.
     pub linger: Duration,
-    /// A batch is sent once it holds this many bytes.
+    /// A batch is closed once it holds this many bytes.
     pub batch_bytes: usize,
+    /// A request carries at most this many bytes of batches (one batch always fits).
+    pub max_request_bytes: usize,
     /// Records buffered or in flight, in bytes, before `send` waits.
     pub buffer_bytes: usize,
     /// Attempts after the first for a batch that failed with a retriable error.
     pub retries: u32,
     /// Wait before the first retry (doubling each time).
     pub retry_backoff: Duration,
-    /// How long the broker may take to acknowledge (acks=all).
+    /// How long the broker may take to acknowledge (acks=all). The producer gives up on an answer
+    /// 5 s after that.
     pub request_timeout: Duration,
 }
 
@@ -71,6 +90,7 @@ impl Default for ProducerConfig {
             acks: Acks::All,
             linger: Duration::from_millis(5),
             batch_bytes: 256 << 10,
+            max_request_bytes: 8 << 20,
             buffer_bytes: 32 << 20,
             retries: 5,
             retry_backoff: Duration::from_millis(50),
@@ -86,39 +106,6 @@ pub struct RecordMetadata {
     pub partition: u32,
     /// Offset (`-1` with `Acks::None`, which gets no answer).
     pub offset: i64,
-}
-
-type Waiter = oneshot::Sender<Result<RecordMetadata>>;
-/// `(topic, partition)`.
-type Slot = (String, u32);
-/// A connection, made on first use and dropped after a failure.
-type SharedConnection = Arc<tokio::sync::Mutex<Option<Connection>>>;
-
-/// A batch being filled.
-struct Pending {
-    id: u64,
-    builder: RecordBatchBuilder,
-    waiters: Vec<Waiter>,
-    /// The buffer memory its records hold, released when the batch completes.
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-struct Inner {
-    bootstrap: String,
-    config: ProducerConfig,
-    memory: Arc<Semaphore>,
-    /// Batches being filled, by topic then partition (looked up without allocating).
-    pending: Mutex<HashMap<String, HashMap<u32, Pending>>>,
-    /// Each partition's sender task, fed its batches in order.
-    senders: Mutex<HashMap<Slot, tokio::sync::mpsc::UnboundedSender<Pending>>>,
-    /// The listener of each partition's owner shard.
-    routes: Mutex<HashMap<Slot, String>>,
-    partition_counts: Mutex<HashMap<String, u32>>,
-    connections: Mutex<HashMap<String, SharedConnection>>,
-    next_batch: AtomicU64,
-    round_robin: AtomicU64,
-    /// Serializes the entry of records into the buffers (see `Producer::begin_send`).
-    order: tokio::sync::Mutex<()>,
 }
 
 /// Sends records to topics.
@@ -138,6 +125,88 @@ pub struct Producer {
     inner: Arc<Inner>,
 }
 
+struct Inner {
+    bootstrap: String,
+    config: ProducerConfig,
+    /// Permits are bytes of records buffered or in flight.
+    memory: Arc<Semaphore>,
+    state: Mutex<State>,
+    /// Sends that must wait (metadata, memory); while there are any, every send queues on `order`.
+    waiting_sends: AtomicUsize,
+    order: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    topics: HashMap<String, TopicState>,
+    endpoints: HashMap<String, Arc<Endpoint>>,
+}
+
+struct TopicState {
+    partitions: Vec<PartitionState>,
+    /// Where keyless records go until that partition's batch closes ("sticky" partitioning: full
+    /// batches instead of one record per partition per batch).
+    sticky: u32,
+}
+
+struct PartitionState {
+    endpoint: Arc<Endpoint>,
+    open: Option<OpenBatch>,
+    queued: VecDeque<ClosedBatch>,
+    in_flight: bool,
+}
+
+/// The listener of one shard, served by one sender task.
+struct Endpoint {
+    addr: String,
+    wake: Notify,
+}
+
+struct OpenBatch {
+    builder: RecordBatchBuilder,
+    done: Arc<BatchDone>,
+    memory: usize,
+    deadline: Instant,
+}
+
+struct ClosedBatch {
+    records: Vec<u8>,
+    count: i64,
+    done: Arc<BatchDone>,
+    memory: usize,
+    attempts: u32,
+}
+
+impl PartitionState {
+    /// Moves the open batch (if any) to the queue; true if there was one.
+    fn close_open(&mut self) -> Result<bool> {
+        let Some(open) = self.open.take() else {
+            return Ok(false);
+        };
+        let count = open.builder.len() as i64;
+        // Build errors are impossible for a non-empty builder; report one rather than panic.
+        let records = open
+            .builder
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.queued.push_back(ClosedBatch {
+            records,
+            count,
+            done: open.done,
+            memory: open.memory,
+            attempts: 0,
+        });
+        Ok(true)
+    }
+}
+
+/// What a send needs before it can be buffered.
+enum Enqueued {
+    Done(SendFuture),
+    NeedsMetadata,
+    NeedsMemory(u32),
+}
+
 impl Producer {
     /// Connects to a broker of the cluster.
     pub async fn connect(bootstrap: &str, config: ProducerConfig) -> Result<Producer> {
@@ -153,20 +222,16 @@ impl Producer {
                 bootstrap: bootstrap.to_string(),
                 memory: Arc::new(Semaphore::new(config.buffer_bytes)),
                 config,
-                pending: Mutex::new(HashMap::new()),
-                senders: Mutex::new(HashMap::new()),
-                routes: Mutex::new(HashMap::new()),
-                partition_counts: Mutex::new(HashMap::new()),
-                connections: Mutex::new(HashMap::new()),
-                next_batch: AtomicU64::new(0),
-                round_robin: AtomicU64::new(0),
+                state: Mutex::new(State::default()),
+                waiting_sends: AtomicUsize::new(0),
                 order: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
-    /// Sends one record. The partition is the key's hash (or round-robin without a key). Resolves
-    /// once the broker acknowledged the record's batch at the configured level.
+    /// Sends one record. The partition is the key's hash, or for records without a key the
+    /// topic's current "sticky" partition (it moves on, round-robin, each time its batch closes).
+    /// Resolves once the broker acknowledged the record's batch at the configured level.
     pub async fn send(
         &self,
         topic: &str,
@@ -193,10 +258,11 @@ impl Producer {
             .await
     }
 
-    /// Buffers one record (to `partition`, or by key hash / round-robin) and returns the future of
-    /// its acknowledgement. Records buffered by `begin_send` calls awaited one after another are
-    /// stored in that order within a partition, while the acknowledgements can be awaited later
-    /// (what `mlog produce` does to keep input order without waiting for each record).
+    /// Buffers one record (to `partition`, or as [`Producer::send`] chooses) and returns the future
+    /// of its acknowledgement. Records buffered by calls awaited one after another are stored in that
+    /// order within a partition, while their acknowledgements can be awaited later: this is how to
+    /// keep many records in flight (`mlog produce` and `mlog-bench` do). Returns without waiting when
+    /// the topic's metadata is known and buffer memory is free; waits for them otherwise.
     pub async fn begin_send(
         &self,
         topic: &str,
@@ -204,129 +270,38 @@ impl Producer {
         key: Option<&[u8]>,
         value: &[u8],
         headers: &[(&[u8], &[u8])],
-    ) -> Result<impl std::future::Future<Output = Result<RecordMetadata>> + Send + 'static> {
-        // One record enters the buffers at a time, in the order the calls arrived (tokio's mutex
-        // is fair): a first send that has to look up the topic cannot be overtaken by later ones.
-        let _order = self.inner.order.lock().await;
-        let partition = match partition {
-            Some(p) => p,
-            None => {
-                let partitions = self.inner.partition_count(topic).await?;
-                match key {
-                    Some(k) => (hash(k) % partitions as u64) as u32,
-                    None => {
-                        (self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % partitions as u64)
-                            as u32
-                    }
+    ) -> Result<SendFuture> {
+        let inner = &self.inner;
+        if inner.waiting_sends.load(Ordering::SeqCst) == 0 {
+            if let Enqueued::Done(f) = inner.enqueue(topic, partition, key, value, headers, 0)? {
+                return Ok(f);
+            }
+        }
+        // Slow path: from here until this record is buffered, later sends queue behind it.
+        inner.waiting_sends.fetch_add(1, Ordering::SeqCst);
+        let _counted = WaitingSend(inner);
+        let _order = inner.order.lock().await;
+        let mut memory = 0;
+        loop {
+            match inner.enqueue(topic, partition, key, value, headers, memory)? {
+                Enqueued::Done(f) => return Ok(f),
+                Enqueued::NeedsMetadata => inner.refresh(topic).await?,
+                Enqueued::NeedsMemory(units) => {
+                    inner
+                        .memory
+                        .acquire_many(units)
+                        .await
+                        .map_err(|_| closed())?
+                        .forget();
+                    memory = units as usize;
                 }
             }
-        };
-        let rx = self.enqueue(topic, partition, key, value, headers).await?;
-        Ok(async move {
-            rx.await
-                .map_err(|_| ClientError::Protocol("the producer was dropped".into()))?
-        })
-    }
-
-    /// Buffers one record and returns where its acknowledgement will arrive.
-    async fn enqueue(
-        &self,
-        topic: &str,
-        partition: u32,
-        key: Option<&[u8]>,
-        value: &[u8],
-        headers: &[(&[u8], &[u8])],
-    ) -> Result<oneshot::Receiver<Result<RecordMetadata>>> {
-        let size = 32
-            + key.map_or(0, <[u8]>::len)
-            + value.len()
-            + headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 8)
-                .sum::<usize>();
-        // Take the memory without yielding when it is there: a send that yields here (tokio's
-        // cooperative budget makes even an available semaphore yield now and then) would be
-        // enqueued after sends polled later, and a partition's records keep the order in which
-        // their sends are enqueued.
-        let units = size.min(self.inner.config.buffer_bytes) as u32;
-        let closed = || ClientError::Protocol("the producer is closed".into());
-        let permit = match self.inner.memory.clone().try_acquire_many_owned(units) {
-            Ok(p) => p,
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
-            Err(tokio::sync::TryAcquireError::NoPermits) => self
-                .inner
-                .memory
-                .clone()
-                .acquire_many_owned(units)
-                .await
-                .map_err(|_| closed())?,
-        };
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let headers: Vec<RecordHeader<'_>> = headers
-            .iter()
-            .map(|(k, v)| RecordHeader {
-                key: k,
-                value: Some(v),
-            })
-            .collect();
-        let record = NewRecord::new(timestamp, key, Some(value)).with_headers(&headers);
-        let (tx, rx) = oneshot::channel();
-        let (full, new_batch) = {
-            let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if !pending.contains_key(topic) {
-                pending.insert(topic.to_string(), HashMap::new());
-            }
-            let Some(partitions) = pending.get_mut(topic) else {
-                return Err(ClientError::Protocol("batch table lost a topic".into()));
-            };
-            let new_batch = !partitions.contains_key(&partition);
-            let batch = partitions.entry(partition).or_insert_with(|| Pending {
-                id: self.inner.next_batch.fetch_add(1, Ordering::Relaxed),
-                builder: RecordBatchBuilder::new(),
-                waiters: Vec::new(),
-                permit: None,
-            });
-            batch
-                .builder
-                .push(record)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            batch.waiters.push(tx);
-            match &mut batch.permit {
-                Some(p) => p.merge(permit),
-                None => batch.permit = Some(permit),
-            }
-            let full = batch.builder.encoded_len() >= self.inner.config.batch_bytes;
-            (full.then_some(batch.id), new_batch.then_some(batch.id))
-        };
-        let slot = || (topic.to_string(), partition);
-        if let Some(id) = full {
-            self.inner.clone().dispatch(slot(), id);
-        } else if let Some(id) = new_batch {
-            let inner = self.inner.clone();
-            let linger = inner.config.linger;
-            let slot = slot();
-            tokio::spawn(async move {
-                tokio::time::sleep(linger).await;
-                inner.dispatch(slot, id);
-            });
         }
-        Ok(rx)
     }
 
     /// Sends every buffered record now and waits until all are acknowledged (or failed).
     pub async fn flush(&self) -> Result<()> {
-        let slots: Vec<(Slot, u64)> = {
-            let pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending
-                .iter()
-                .flat_map(|(t, parts)| parts.iter().map(move |(p, b)| ((t.clone(), *p), b.id)))
-                .collect()
-        };
-        for (slot, id) in slots {
-            self.inner.clone().dispatch(slot, id);
-        }
+        self.inner.close_all_open()?;
         // Every permit back means nothing is buffered or in flight.
         let all = u32::try_from(self.inner.config.buffer_bytes).unwrap_or(u32::MAX);
         let permits = self
@@ -334,7 +309,7 @@ impl Producer {
             .memory
             .acquire_many(all)
             .await
-            .map_err(|_| ClientError::Protocol("the producer is closed".into()))?;
+            .map_err(|_| closed())?;
         drop(permits);
         Ok(())
     }
@@ -347,77 +322,229 @@ impl Producer {
     }
 }
 
-impl Inner {
-    /// Takes batch `id` of `slot` (if it is still the pending one) and sends it in the background.
-    fn dispatch(self: Arc<Self>, slot: (String, u32), id: u64) {
-        let batch = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let partitions = pending.get_mut(&slot.0);
-            match partitions {
-                Some(parts) if parts.get(&slot.1).is_some_and(|p| p.id == id) => {
-                    parts.remove(&slot.1)
-                }
-                _ => None,
-            }
-        };
-        let Some(batch) = batch else { return };
-        // Batches of a partition go out one at a time, in the order they were taken: each
-        // partition has one sender task fed through a channel (spawning a task per batch would let
-        // the scheduler reorder them).
-        let queue = {
-            let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-            senders
-                .entry(slot.clone())
-                .or_insert_with(|| {
-                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                    tokio::spawn(partition_sender(Arc::downgrade(&self), slot.clone(), rx));
-                    tx
-                })
-                .clone()
-        };
-        // The sender task lives as long as the producer; a send can only fail after shutdown, and
-        // then the batch's waiters learn it from their dropped channels.
-        let _ = queue.send(batch);
-    }
+/// Counts a send on the slow path for as long as it lives (also when its future is dropped).
+struct WaitingSend<'a>(&'a Inner);
 
-    /// Sends one batch with retries; returns its base offset (-1 with acks=none).
-    async fn send_batch(&self, topic: &str, partition: u32, records: &[u8]) -> Result<i64> {
-        let mut backoff = self.config.retry_backoff;
-        let mut attempt = 0;
-        loop {
-            match self.try_send(topic, partition, records).await {
-                Ok(base) => return Ok(base),
-                // A timed-out produce is still appended by the broker: resending it would store it
-                // twice, so it is reported instead.
-                Err(e)
-                    if e.is_retriable()
-                        && !matches!(
-                            e,
-                            ClientError::Broker {
-                                code: ErrorCode::RequestTimedOut,
-                                ..
-                            }
-                        )
-                        && attempt < self.config.retries =>
-                {
-                    attempt += 1;
-                    self.forget_route(topic, partition);
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2);
-                }
-                Err(e) => return Err(e),
+impl Drop for WaitingSend<'_> {
+    fn drop(&mut self) {
+        self.0.waiting_sends.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn closed() -> ClientError {
+    ClientError::Protocol("the producer is closed".into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    /// Buffers one record if metadata and memory allow, without waiting. `memory_held` is memory
+    /// the caller already took for it (0 if none).
+    fn enqueue(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+        memory_held: usize,
+    ) -> Result<Enqueued> {
+        let size = 32
+            + key.map_or(0, <[u8]>::len)
+            + value.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>();
+        let memory = size.min(self.config.buffer_bytes);
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let headers: Vec<RecordHeader<'_>> = headers
+            .iter()
+            .map(|(k, v)| RecordHeader {
+                key: k,
+                value: Some(v),
+            })
+            .collect();
+        let record = NewRecord::new(timestamp, key, Some(value)).with_headers(&headers);
+
+        let mut st = lock(&self.state);
+        let Some(t) = st.topics.get_mut(topic) else {
+            return Ok(Enqueued::NeedsMetadata);
+        };
+        let count = t.partitions.len() as u32;
+        let p = match (partition, key) {
+            (Some(p), _) if p < count => p,
+            (Some(p), _) => {
+                return Err(ClientError::broker(
+                    ErrorCode::UnknownTopicOrPartition,
+                    Some(format!("{topic}-{p}")),
+                ))
+            }
+            (None, Some(k)) => (hash(k) % count as u64) as u32,
+            (None, None) => t.sticky % count,
+        };
+        if memory_held < memory {
+            match self.memory.try_acquire_many(memory as u32) {
+                Ok(permit) => permit.forget(),
+                Err(TryAcquireError::NoPermits) => return Ok(Enqueued::NeedsMemory(memory as u32)),
+                Err(TryAcquireError::Closed) => return Err(closed()),
             }
         }
+        let part = &mut t.partitions[p as usize];
+        let mut wake = false;
+        // A record that would overflow the open batch closes it first (a record larger than
+        // `batch_bytes` gets a batch of its own).
+        if part.open.as_ref().is_some_and(|o| {
+            !o.builder.is_empty() && o.builder.encoded_len() + size > self.config.batch_bytes
+        }) {
+            wake |= part.close_open()?;
+        }
+        let open = part.open.get_or_insert_with(|| {
+            wake = true; // the sender learns the new batch's linger deadline
+            OpenBatch {
+                // Room for a busy partition's batch without regrowing, small enough for a quiet one.
+                builder: RecordBatchBuilder::with_capacity(self.config.batch_bytes.min(64 << 10)),
+                done: Arc::new(BatchDone::default()),
+                memory: 0,
+                deadline: Instant::now() + self.config.linger,
+            }
+        });
+        if let Err(e) = open.builder.push(record) {
+            self.memory.add_permits(memory);
+            return Err(ClientError::Protocol(e.to_string()));
+        }
+        let index = (open.builder.len() - 1) as u32;
+        open.memory += memory;
+        let future = SendFuture {
+            done: open.done.clone(),
+            partition: p,
+            index,
+            waker_slot: None,
+        };
+        let mut advance_sticky = false;
+        if open.builder.encoded_len() >= self.config.batch_bytes {
+            wake |= part.close_open()?;
+            advance_sticky = true;
+        }
+        let endpoint = wake.then(|| part.endpoint.clone());
+        if advance_sticky && partition.is_none() && key.is_none() {
+            t.sticky = t.sticky.wrapping_add(1);
+        }
+        drop(st);
+        if let Some(e) = endpoint {
+            e.wake.notify_one();
+        }
+        Ok(Enqueued::Done(future))
     }
 
-    async fn try_send(&self, topic: &str, partition: u32, records: &[u8]) -> Result<i64> {
-        let addr = self.route(topic, partition).await?;
-        let conn = self.connection(&addr);
-        let mut guard = conn.lock().await;
-        let c = match guard.as_mut() {
-            Some(c) => c,
-            None => guard.insert(Connection::connect(addr.as_str()).await?),
+    /// Closes every open batch and wakes every sender (for `flush`).
+    fn close_all_open(&self) -> Result<()> {
+        let endpoints: Vec<Arc<Endpoint>> = {
+            let mut st = lock(&self.state);
+            for t in st.topics.values_mut() {
+                for part in &mut t.partitions {
+                    part.close_open()?;
+                }
+            }
+            st.endpoints.values().cloned().collect()
         };
+        for e in endpoints {
+            e.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes the next request's batches for `endpoint`: every queued batch of its partitions that
+    /// have none in flight (closing open batches whose linger passed), up to `max_request_bytes`.
+    /// With nothing to send, returns when the next open batch's linger ends.
+    fn collect(&self, endpoint: &Arc<Endpoint>) -> Result<Collected> {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        let mut work = Vec::new();
+        let mut bytes = 0usize;
+        let mut next_deadline: Option<Instant> = None;
+        for (topic, t) in st.topics.iter_mut() {
+            for (p, part) in t.partitions.iter_mut().enumerate() {
+                if part.in_flight || !Arc::ptr_eq(&part.endpoint, endpoint) {
+                    continue;
+                }
+                if let Some(open) = &part.open {
+                    if open.deadline <= now {
+                        part.close_open()?;
+                    } else if part.queued.is_empty() {
+                        next_deadline =
+                            Some(next_deadline.map_or(open.deadline, |d| d.min(open.deadline)));
+                    }
+                }
+                let mut batches = Vec::new();
+                while let Some(b) = part.queued.front() {
+                    if bytes > 0 && bytes + b.records.len() > self.config.max_request_bytes {
+                        break;
+                    }
+                    bytes += b.records.len();
+                    batches.extend(part.queued.pop_front());
+                }
+                if !batches.is_empty() {
+                    part.in_flight = true;
+                    work.push(PartitionWork {
+                        topic: topic.clone(),
+                        partition: p as u32,
+                        batches,
+                    });
+                }
+            }
+        }
+        Ok(if work.is_empty() {
+            Collected::Idle(next_deadline)
+        } else {
+            Collected::Request(work)
+        })
+    }
+
+    /// Sends one request and settles its batches: acknowledged, failed, or back in their queues.
+    /// Returns whether anything is to be retried.
+    async fn send_request(
+        &self,
+        endpoint: &Endpoint,
+        conn: &mut Option<Connection>,
+        work: Vec<PartitionWork>,
+    ) -> bool {
+        // A partition's batches travel back to back in one records field.
+        let joined: Vec<Vec<u8>> = work
+            .iter()
+            .map(|w| match w.batches.as_slice() {
+                [_] => Vec::new(),
+                many => {
+                    let mut all = Vec::with_capacity(many.iter().map(|b| b.records.len()).sum());
+                    for b in many {
+                        all.extend_from_slice(&b.records);
+                    }
+                    all
+                }
+            })
+            .collect();
+        let mut topics: Vec<ProduceTopic<'_>> = Vec::new();
+        for (w, joined) in work.iter().zip(&joined) {
+            let records = match w.batches.as_slice() {
+                [one] => &one.records[..],
+                _ => &joined[..],
+            };
+            let entry = ProducePartition {
+                partition: w.partition,
+                records: RawBytes(records),
+            };
+            match topics.last_mut() {
+                Some(t) if t.name == w.topic => t.partitions.push(entry),
+                _ => topics.push(ProduceTopic {
+                    name: &w.topic,
+                    partitions: vec![entry],
+                }),
+            }
+        }
         let req = ProduceRequest {
             acks: self.config.acks.wire(),
             timeout_ms: self
@@ -425,99 +552,117 @@ impl Inner {
                 .request_timeout
                 .as_millis()
                 .min(u32::MAX as u128) as u32,
-            topics: vec![ProduceTopic {
-                name: topic,
-                partitions: vec![ProducePartition {
-                    partition,
-                    records: RawBytes(records),
-                }],
-            }],
+            topics,
         };
-        if self.config.acks == Acks::None {
-            let sent = c.send_only(ApiKey::Produce, &req).await;
-            if sent.is_err() {
-                *guard = None;
+        let outcome = self.exchange(endpoint, conn, &req).await;
+        drop(req);
+        drop(joined);
+        let results: Vec<std::result::Result<i64, ClientError>> = match outcome {
+            Ok(None) => work.iter().map(|_| Ok(-1)).collect(),
+            Ok(Some(resp)) => answers_in_order(&work, resp),
+            Err(e) => work.iter().map(|_| Err(clone_error(&e))).collect(),
+        };
+        let mut retry = Vec::new();
+        for (w, result) in work.into_iter().zip(results) {
+            match result {
+                Ok(base) => {
+                    let mut offset = base;
+                    for b in w.batches {
+                        let count = b.count;
+                        self.settle(b, Ok(offset));
+                        if offset >= 0 {
+                            offset += count;
+                        }
+                    }
+                    self.end_flight(&w.topic, w.partition, Vec::new());
+                }
+                Err(e) if retriable(&e) => retry.push((w, e)),
+                Err(e) => {
+                    for b in w.batches {
+                        self.settle(b, Err(clone_error(&e)));
+                    }
+                    self.end_flight(&w.topic, w.partition, Vec::new());
+                }
             }
-            return sent.map(|_| -1);
         }
-        let resp: Result<ProduceResponse> = c.request(ApiKey::Produce, &req).await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                *guard = None; // reconnect next time
-                return Err(e);
+        let any_retry = !retry.is_empty();
+        for (w, e) in retry {
+            let mut back = Vec::new();
+            for mut b in w.batches {
+                b.attempts += 1;
+                if b.attempts > self.config.retries {
+                    self.settle(b, Err(clone_error(&e)));
+                } else {
+                    back.push(b);
+                }
+            }
+            self.end_flight(&w.topic, w.partition, back);
+        }
+        any_retry
+    }
+
+    /// Writes the request and reads its answer (`None` with acks=none, which has none).
+    async fn exchange(
+        &self,
+        endpoint: &Endpoint,
+        conn: &mut Option<Connection>,
+        req: &ProduceRequest<'_>,
+    ) -> Result<Option<ProduceResponse>> {
+        let limit = self.config.request_timeout + Duration::from_secs(5);
+        let c = match conn {
+            Some(c) => c,
+            None => {
+                let made = tokio::time::timeout(limit, Connection::connect(endpoint.addr.as_str()))
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out()))?;
+                conn.insert(made)
             }
         };
-        let p = resp
+        let outcome = if self.config.acks == Acks::None {
+            c.send_only(ApiKey::Produce, req).await.map(|_| None)
+        } else {
+            match tokio::time::timeout(limit, c.request(ApiKey::Produce, req)).await {
+                Ok(r) => r.map(Some),
+                Err(_) => Err(timed_out()),
+            }
+        };
+        if let Err(e) = &outcome {
+            if !matches!(e, ClientError::Broker { .. }) || is_timeout(e) {
+                *conn = None; // the connection's state is unknown: make a new one
+            }
+        }
+        outcome
+    }
+
+    /// Answers a batch's records and returns its memory.
+    fn settle(&self, batch: ClosedBatch, outcome: Result<i64>) {
+        batch.done.complete(outcome);
+        self.memory.add_permits(batch.memory);
+    }
+
+    /// Ends a partition's request: `back` (batches to retry) return to the front of its queue.
+    fn end_flight(&self, topic: &str, partition: u32, back: Vec<ClosedBatch>) {
+        let mut st = lock(&self.state);
+        if let Some(part) = st
             .topics
-            .into_iter()
-            .flat_map(|t| t.partitions)
-            .next()
-            .ok_or_else(|| ClientError::Protocol("empty produce response".into()))?;
-        match p.error {
-            ErrorCode::None => Ok(p.base_offset),
-            code => Err(ClientError::broker(code, None)),
-        }
-    }
-
-    fn connection(&self, addr: &str) -> SharedConnection {
-        let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        conns.entry(addr.to_string()).or_default().clone()
-    }
-
-    async fn partition_count(&self, topic: &str) -> Result<u32> {
-        if let Some(n) = self
-            .partition_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
         {
-            return Ok(*n);
+            for b in back.into_iter().rev() {
+                part.queued.push_front(b);
+            }
+            part.in_flight = false;
+        } else {
+            drop(st);
+            for b in back {
+                self.settle(b, Err(closed()));
+            }
         }
-        self.refresh(topic).await?;
-        self.partition_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
-            .copied()
-            .ok_or_else(|| {
-                ClientError::broker(ErrorCode::UnknownTopicOrPartition, Some(topic.to_string()))
-            })
     }
 
-    async fn route(&self, topic: &str, partition: u32) -> Result<String> {
-        let key = (topic.to_string(), partition);
-        if let Some(r) = self
-            .routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(r.clone());
-        }
-        self.refresh(topic).await?;
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| {
-                ClientError::broker(
-                    ErrorCode::UnknownTopicOrPartition,
-                    Some(format!("{topic}-{partition}")),
-                )
-            })
-    }
-
-    fn forget_route(&self, topic: &str, partition: u32) {
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(topic.to_string(), partition));
-    }
-
-    /// Reads the topic's partitions and their owners' shard endpoints from Metadata.
-    async fn refresh(&self, topic: &str) -> Result<()> {
+    /// Reads the topic's partitions and their owners' shard endpoints from Metadata, starting a
+    /// sender for every endpoint not seen before.
+    async fn refresh(self: &Arc<Self>, topic: &str) -> Result<()> {
         let mut conn = Connection::connect(self.bootstrap.as_str()).await?;
         let m: MetadataResponse = conn
             .request(
@@ -533,55 +678,247 @@ impl Inner {
         if t.error != ErrorCode::None {
             return Err(ClientError::broker(t.error, Some(topic.to_string())));
         }
-        let endpoint = |shard: u16| {
+        let addr = |shard: u16| {
             m.endpoints.iter().find(|e| e.shard == shard).map_or_else(
                 || self.bootstrap.clone(),
                 |e| format!("{}:{}", e.host, e.port),
             )
         };
-        let partitions = t.partitions.len() as u32;
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        for p in &t.partitions {
-            routes.insert((topic.to_string(), p.partition), endpoint(p.shard));
+        let mut woken = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            let State { topics, endpoints } = &mut *st;
+            let mut endpoint = |addr: String| {
+                endpoints
+                    .entry(addr.clone())
+                    .or_insert_with(|| {
+                        let e = Arc::new(Endpoint {
+                            addr,
+                            wake: Notify::new(),
+                        });
+                        start_sender(Arc::downgrade(self), e.clone());
+                        e
+                    })
+                    .clone()
+            };
+            let ts = topics
+                .entry(topic.to_string())
+                .or_insert_with(|| TopicState {
+                    partitions: Vec::new(),
+                    sticky: rand_start(),
+                });
+            let mut partitions = t.partitions;
+            partitions.sort_by_key(|p| p.partition);
+            for p in &partitions {
+                let i = p.partition as usize;
+                let e = endpoint(addr(p.shard));
+                let known = ts.partitions.len();
+                match ts.partitions.get_mut(i) {
+                    Some(part) => {
+                        if !Arc::ptr_eq(&part.endpoint, &e) {
+                            part.endpoint = e.clone();
+                            woken.push(e);
+                        }
+                    }
+                    None if i == known => ts.partitions.push(PartitionState {
+                        endpoint: e,
+                        open: None,
+                        queued: VecDeque::new(),
+                        in_flight: false,
+                    }),
+                    None => return Err(ClientError::Protocol("metadata skips a partition".into())),
+                }
+            }
         }
-        self.partition_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(topic.to_string(), partitions);
+        for e in woken {
+            e.wake.notify_one();
+        }
         Ok(())
     }
 }
 
-/// Sends one partition's batches in order and answers their records. Holds the producer weakly, so
-/// that dropping every `Producer` (and with it the channel's sender) ends the task.
-async fn partition_sender(
-    inner: std::sync::Weak<Inner>,
-    slot: Slot,
-    mut batches: tokio::sync::mpsc::UnboundedReceiver<Pending>,
-) {
-    while let Some(batch) = batches.recv().await {
+/// The partitions of one request, with their batches in queue order.
+struct PartitionWork {
+    topic: String,
+    partition: u32,
+    batches: Vec<ClosedBatch>,
+}
+
+enum Collected {
+    Request(Vec<PartitionWork>),
+    /// Nothing to send; the earliest linger deadline of an open batch, if any.
+    Idle(Option<Instant>),
+}
+
+/// Starts an endpoint's sender. (A plain function: spawning from inside the async code that the
+/// sender itself awaits would make the compiler's `Send` check circular.)
+fn start_sender(inner: Weak<Inner>, endpoint: Arc<Endpoint>) {
+    tokio::spawn(run_sender(inner, endpoint));
+}
+
+/// One endpoint's sender: collects, sends, settles; after a failed attempt, backs off and refreshes
+/// the metadata of the topics involved. Holds the producer weakly, so dropping every `Producer`
+/// ends it (`Inner`'s drop wakes it).
+async fn run_sender(inner: Weak<Inner>, endpoint: Arc<Endpoint>) {
+    let mut conn = None;
+    let mut backoff = None::<Duration>;
+    loop {
         let Some(this) = inner.upgrade() else { return };
-        let Pending {
-            builder,
-            waiters,
-            permit,
-            ..
-        } = batch;
-        let outcome = match builder.build() {
-            Ok(bytes) => this.send_batch(&slot.0, slot.1, &bytes).await,
-            Err(e) => Err(ClientError::Protocol(e.to_string())),
+        let notified = endpoint.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let collected = match this.collect(&endpoint) {
+            Ok(c) => c,
+            Err(_) => Collected::Idle(None),
         };
-        for (i, w) in waiters.into_iter().enumerate() {
-            let r = match &outcome {
+        match collected {
+            Collected::Request(work) => {
+                let topics: Vec<String> = work.iter().map(|w| w.topic.clone()).collect();
+                if this.send_request(&endpoint, &mut conn, work).await {
+                    let wait = backoff.map_or(this.config.retry_backoff, |b| b * 2);
+                    backoff = Some(wait);
+                    tokio::time::sleep(wait).await;
+                    for t in topics {
+                        let _ = this.refresh(&t).await; // the same routes are kept if it fails
+                    }
+                } else {
+                    backoff = None;
+                }
+            }
+            Collected::Idle(deadline) => {
+                drop(this);
+                match deadline {
+                    Some(d) => {
+                        tokio::select! {
+                            _ = &mut notified => {}
+                            _ = tokio::time::sleep_until(d) => {}
+                        }
+                    }
+                    None => notified.await,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for e in lock(&self.state).endpoints.values() {
+            e.wake.notify_one();
+        }
+    }
+}
+
+/// Matches a response's partitions (in request order) with the request's.
+fn answers_in_order(work: &[PartitionWork], resp: ProduceResponse) -> Vec<Result<i64>> {
+    let mut answers = resp
+        .topics
+        .into_iter()
+        .flat_map(|t| t.partitions.into_iter().map(move |p| (t.name.clone(), p)));
+    work.iter()
+        .map(|w| match answers.next() {
+            Some((name, p)) if name == w.topic && p.partition == w.partition => match p.error {
+                ErrorCode::None => Ok(p.base_offset),
+                code => Err(ClientError::broker(code, None)),
+            },
+            _ => Err(ClientError::Protocol(
+                "produce response does not match the request".into(),
+            )),
+        })
+        .collect()
+}
+
+fn timed_out() -> ClientError {
+    ClientError::broker(
+        ErrorCode::RequestTimedOut,
+        Some("no answer within request_timeout".into()),
+    )
+}
+
+fn is_timeout(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Broker {
+            code: ErrorCode::RequestTimedOut,
+            ..
+        }
+    )
+}
+
+/// Worth resending: retriable, except a timeout (the batch may be stored already).
+fn retriable(e: &ClientError) -> bool {
+    e.is_retriable() && !is_timeout(e)
+}
+
+/// Completion shared by the records of one batch.
+#[derive(Default)]
+struct BatchDone {
+    state: Mutex<DoneState>,
+}
+
+#[derive(Default)]
+struct DoneState {
+    /// The batch's base offset (-1 with acks=none), once answered.
+    outcome: Option<Result<i64>>,
+    wakers: Vec<Waker>,
+}
+
+impl BatchDone {
+    fn complete(&self, outcome: Result<i64>) {
+        let wakers = {
+            let mut s = lock(&self.state);
+            s.outcome = Some(outcome);
+            std::mem::take(&mut s.wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// The acknowledgement of one record (from [`Producer::begin_send`]): resolves once its batch is
+/// answered, to where the record was stored.
+#[must_use = "a record is only known to be stored once its future resolves"]
+pub struct SendFuture {
+    done: Arc<BatchDone>,
+    partition: u32,
+    index: u32,
+    /// This future's entry in the batch's wakers, once it registered one.
+    waker_slot: Option<usize>,
+}
+
+impl Future for SendFuture {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut s = lock(&this.done.state);
+        if let Some(outcome) = &s.outcome {
+            return Poll::Ready(match outcome {
                 Ok(base) => Ok(RecordMetadata {
-                    partition: slot.1,
-                    offset: if *base < 0 { -1 } else { base + i as i64 },
+                    partition: this.partition,
+                    offset: if *base < 0 {
+                        -1
+                    } else {
+                        base + this.index as i64
+                    },
                 }),
                 Err(e) => Err(clone_error(e)),
-            };
-            let _ = w.send(r);
+            });
         }
-        drop(permit);
+        // Until completion the wakers only grow, so the slot stays valid.
+        match this.waker_slot {
+            Some(i) => {
+                if !s.wakers[i].will_wake(cx.waker()) {
+                    s.wakers[i] = cx.waker().clone();
+                }
+            }
+            None => {
+                this.waker_slot = Some(s.wakers.len());
+                s.wakers.push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -598,6 +935,13 @@ fn clone_error(e: &ClientError) -> ClientError {
         },
         ClientError::Protocol(m) => ClientError::Protocol(m.clone()),
     }
+}
+
+/// A per-producer starting point for sticky partitioning, so producers spread over partitions.
+fn rand_start() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
 }
 
 /// FNV-1a of a key: stable across runs and platforms, so a key always maps to one partition.

@@ -1084,6 +1084,13 @@ impl RecordBatchBuilder {
         }
     }
 
+    /// An empty builder whose buffer has room for `bytes` of batch before it grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut builder = Self::new();
+        builder.buf.reserve(bytes.saturating_sub(HEADER_LEN));
+        builder
+    }
+
     /// Sets `baseOffset` (the broker normally assigns it on append).
     #[must_use]
     pub fn with_base_offset(mut self, base_offset: i64) -> Self {
