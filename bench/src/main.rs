@@ -319,7 +319,9 @@ async fn produce_worker(
         .rate
         .map(|r| Duration::from_secs_f64(opts.producers.max(1) as f64 / r.max(1) as f64));
     let started = Instant::now();
+    // Records sent after the warm-up (what `limit` counts), and all records sent (the schedule).
     let mut sent = 0u64;
+    let mut scheduled = 0u64;
     let mut value = vec![0x5au8; opts.message_size.max(8)];
     // Sends in flight, polled together (no task per message: that would cost more than the send).
     let mut pending = futures_util::stream::FuturesUnordered::new();
@@ -350,7 +352,7 @@ async fn produce_worker(
             break;
         }
         if let Some(i) = interval {
-            let due = started + i.mul_f64(sent as f64);
+            let due = started + i.mul_f64(scheduled as f64);
             while Instant::now() < due {
                 tokio::select! {
                     done = futures_util::StreamExt::next(&mut pending), if !pending.is_empty() => record_ack(done),
@@ -366,7 +368,8 @@ async fn produce_worker(
         // its schedule reports the wait instead of hiding it (coordinated omission).
         // (Clock reads are not free in a VM: one per record here.)
         let now = Instant::now();
-        let send_at = interval.map_or(now, |i| started + i.mul_f64(sent as f64));
+        let send_at = interval.map_or(now, |i| started + i.mul_f64(scheduled as f64));
+        scheduled += 1;
         let late_ns = now.saturating_duration_since(send_at).as_nanos() as u64;
         value[..8].copy_from_slice(&now_ns().saturating_sub(late_ns).to_be_bytes());
         let counted = now >= measure_from;

@@ -64,6 +64,12 @@ impl Connection {
     /// borrow from it (`FetchResponse`). A frame-level error becomes `ClientError::Broker`.
     pub async fn request_raw<'a>(&mut self, api: ApiKey, body: &impl Wire<'a>) -> Result<Bytes> {
         let id = self.write_request(api, body).await?;
+        self.response(id).await
+    }
+
+    /// Reads the body of the (successful) response to request `id`. Cancellation-safe: bytes read
+    /// stay buffered, so a later call picks up where a dropped one stopped.
+    pub(crate) async fn response(&mut self, id: u32) -> Result<Bytes> {
         // Responses come in request order; one for an earlier request whose caller gave up (its
         // future was dropped) is read and discarded.
         let (frame, header, body) = loop {
@@ -94,7 +100,11 @@ impl Connection {
     }
 
     /// Encodes and writes one request (version 0) under the next correlation id, returned.
-    async fn write_request<'a>(&mut self, api: ApiKey, body: &impl Wire<'a>) -> Result<u32> {
+    pub(crate) async fn write_request<'a>(
+        &mut self,
+        api: ApiKey,
+        body: &impl Wire<'a>,
+    ) -> Result<u32> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let header = RequestHeader {

@@ -1,11 +1,14 @@
 //! The consumer: assigned partitions, positions, long-poll fetches, and group offsets.
 //!
-//! A poll sends one long-poll Fetch for every assigned partition to the bootstrap broker (which
-//! forwards to the owning shards), returns the records at or past each partition's position, and
-//! advances the positions. A partition whose position fell out of range (retention) restarts from
+//! Each assigned partition is fetched from the listener of its owner shard (from Metadata), one
+//! long-poll Fetch in flight per listener. A poll returns the records of the first answer at or past
+//! each partition's position, advances the positions, and sends the next fetch before returning
+//! (prefetch: it fills while the application works). A partition whose position fell out of range (retention) restarts from
 //! `ConsumerConfig::reset`. Committed offsets are "the next offset to read", as in Kafka.
 
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::{ApiKey, ErrorCode};
@@ -14,6 +17,7 @@ use mlog_wire::RecordBatch;
 use crate::admin::OffsetSpec;
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
+use crate::routes::topic_routes;
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
@@ -54,12 +58,12 @@ pub struct ConsumerRecord {
     pub offset: i64,
     /// Timestamp (ms).
     pub timestamp: i64,
-    /// Key.
-    pub key: Option<Vec<u8>>,
-    /// Value.
-    pub value: Option<Vec<u8>>,
+    /// Key (a zero-copy slice of the fetch response).
+    pub key: Option<Bytes>,
+    /// Value (a zero-copy slice of the fetch response).
+    pub value: Option<Bytes>,
     /// Headers.
-    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +71,39 @@ struct Assignment {
     topic: String,
     partition: u32,
     position: i64,
+    /// The listener of the shard that owns the partition.
+    addr: String,
+}
+
+/// One partition of a fetch in flight, and the position it was asked from.
+#[derive(Debug)]
+struct Asked {
+    topic: String,
+    partition: u32,
+    offset: i64,
+}
+
+/// Fetches from one listener, with at most one request in flight.
+#[derive(Debug)]
+struct Fetcher {
+    addr: String,
+    conn: Option<Connection>,
+    in_flight: Option<(u32, Vec<Asked>)>,
+}
+
+impl Fetcher {
+    /// Reads the answer to the fetch in flight. Cancellation-safe (see `Connection::response`).
+    async fn read(&mut self) -> Result<(Bytes, Vec<Asked>)> {
+        let (Some(conn), Some((id, _))) = (self.conn.as_mut(), &self.in_flight) else {
+            return Err(ClientError::Protocol("no fetch in flight".into()));
+        };
+        let answer = conn.response(*id).await;
+        let asked = self.in_flight.take().map(|(_, a)| a).unwrap_or_default();
+        if matches!(answer, Err(ClientError::Io { .. })) {
+            self.conn = None;
+        }
+        answer.map(|body| (body, asked))
+    }
 }
 
 /// Reads records from assigned partitions.
@@ -87,9 +124,13 @@ struct Assignment {
 #[derive(Debug)]
 pub struct Consumer {
     bootstrap: String,
+    /// To the bootstrap broker: metadata, offsets, group offsets.
     conn: Connection,
     config: ConsumerConfig,
     assigned: Vec<Assignment>,
+    fetchers: Vec<Fetcher>,
+    /// Rotates which listener a poll serves first, so a busy one cannot starve the others.
+    turn: usize,
 }
 
 impl Consumer {
@@ -100,35 +141,23 @@ impl Consumer {
             conn: Connection::connect(bootstrap).await?,
             config,
             assigned: Vec::new(),
+            fetchers: Vec::new(),
+            turn: 0,
         })
     }
 
     /// Assigns partitions of `topic` (all of them when `None`). Each starts at the group's committed
     /// offset if there is one, else at `reset`.
     pub async fn assign(&mut self, topic: &str, partitions: Option<Vec<u32>>) -> Result<()> {
-        let partitions = match partitions {
-            Some(p) => p,
-            None => {
-                let m: MetadataResponse = self
-                    .conn
-                    .request(
-                        ApiKey::Metadata,
-                        &MetadataRequest {
-                            topics: Some(vec![topic.to_string()]),
-                        },
-                    )
-                    .await?;
-                let t =
-                    m.topics.into_iter().next().ok_or_else(|| {
-                        ClientError::Protocol("metadata without the topic".into())
-                    })?;
-                if t.error != ErrorCode::None {
-                    return Err(ClientError::broker(t.error, Some(topic.to_string())));
-                }
-                t.partitions.iter().map(|p| p.partition).collect()
-            }
-        };
+        let routes = topic_routes(&mut self.conn, &self.bootstrap, topic).await?;
+        let partitions = partitions.unwrap_or_else(|| routes.iter().map(|r| r.0).collect());
         for partition in partitions {
+            let Some((_, addr)) = routes.get(partition as usize) else {
+                return Err(ClientError::broker(
+                    ErrorCode::UnknownTopicOrPartition,
+                    Some(format!("{topic}-{partition}")),
+                ));
+            };
             let position = match self.committed(topic, partition).await? {
                 Some(offset) => offset,
                 None => self.lookup(topic, partition, self.config.reset).await?,
@@ -139,7 +168,9 @@ impl Consumer {
                 topic: topic.to_string(),
                 partition,
                 position,
+                addr: addr.clone(),
             });
+            self.abandon_fetch(addr);
         }
         Ok(())
     }
@@ -161,8 +192,22 @@ impl Consumer {
             .iter_mut()
             .find(|a| a.topic == topic && a.partition == partition)
             .ok_or_else(|| ClientError::Protocol(format!("{topic}-{partition} is not assigned")))?;
-        a.position = position;
+        if a.position != position {
+            a.position = position;
+            let addr = a.addr.clone();
+            self.abandon_fetch(&addr);
+        }
         Ok(())
+    }
+
+    /// Drops the fetch in flight to `addr` (and its connection, which would deliver its answer):
+    /// it asked for positions that are no longer wanted, and the next poll asks again at once.
+    fn abandon_fetch(&mut self, addr: &str) {
+        if let Some(f) = self.fetchers.iter_mut().find(|f| f.addr == addr) {
+            if f.in_flight.take().is_some() {
+                f.conn = None;
+            }
+        }
     }
 
     /// The next offset this consumer reads from a partition.
@@ -185,42 +230,131 @@ impl Consumer {
 
     /// Waits (up to `max_wait`) for records past the positions, returns them in offset order per
     /// partition, and advances the positions past them.
+    ///
+    /// Each owner shard's listener is fetched from directly, with one long-poll fetch in flight;
+    /// a poll returns the first answer, and before returning sends the next fetch, which fills
+    /// while the application works on these records (prefetch).
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
         if self.assigned.is_empty() {
             return Ok(Vec::new());
         }
-        let mut topics: Vec<FetchTopic> = Vec::new();
-        for a in &self.assigned {
-            let p = FetchPartition {
-                partition: a.partition,
-                fetch_offset: a.position,
-                max_bytes: self.config.partition_max_bytes,
-            };
-            match topics.iter_mut().find(|t| t.name == a.topic) {
-                Some(t) => t.partitions.push(p),
-                None => topics.push(FetchTopic {
-                    name: a.topic.clone(),
-                    partitions: vec![p],
-                }),
+        match self.poll_once().await {
+            // A listener went away (a restarted broker also has new shard ports): look the routes
+            // up again and ask once more. Positions did not move, so nothing is skipped or repeated.
+            Err(ClientError::Io { .. }) => {
+                self.fetchers.clear();
+                self.conn = Connection::connect(self.bootstrap.as_str()).await?;
+                self.reroute().await?;
+                self.poll_once().await
+            }
+            other => other,
+        }
+    }
+
+    /// Looks up the owner listener of every assigned partition again.
+    async fn reroute(&mut self) -> Result<()> {
+        let mut topics: Vec<String> = self.assigned.iter().map(|a| a.topic.clone()).collect();
+        topics.dedup();
+        for topic in topics {
+            let routes = topic_routes(&mut self.conn, &self.bootstrap, &topic).await?;
+            for a in self.assigned.iter_mut().filter(|a| a.topic == topic) {
+                if let Some((_, addr)) = routes.get(a.partition as usize) {
+                    a.addr = addr.clone();
+                }
             }
         }
-        let req = FetchRequest {
-            max_wait_ms: self.config.max_wait.as_millis().min(u32::MAX as u128) as u32,
-            min_bytes: self.config.min_bytes,
-            max_bytes: 64 << 20,
-            topics,
-        };
-        let body = match self.conn.request_raw(ApiKey::Fetch, &req).await {
-            // The broker restarted or the connection dropped: reconnect once and ask again (the
-            // positions did not move, so nothing is skipped or read twice).
-            Err(ClientError::Io { .. }) => {
-                self.conn = Connection::connect(self.bootstrap.as_str()).await?;
-                self.conn.request_raw(ApiKey::Fetch, &req).await?
+        Ok(())
+    }
+
+    async fn poll_once(&mut self) -> Result<Vec<ConsumerRecord>> {
+        self.start_fetches().await?;
+        let (body, asked) = {
+            let mut waits: Vec<_> = self
+                .fetchers
+                .iter_mut()
+                .filter(|f| f.in_flight.is_some())
+                .map(|f| Box::pin(f.read()))
+                .collect();
+            if waits.is_empty() {
+                return Ok(Vec::new());
             }
-            other => other?,
+            self.turn = self.turn.wrapping_add(1);
+            let turn = self.turn % waits.len();
+            waits.rotate_left(turn);
+            futures_util::future::select_all(waits).await.0?
         };
+        let records = self.take_records(&body, &asked).await?;
+        // Prefetch: the next fetches are on their way before the caller sees these records. A
+        // failure to send one shows in the next poll, which sends it again.
+        let _ = self.start_fetches().await;
+        Ok(records)
+    }
+
+    /// Sends a fetch to every listener of an assigned partition that has none in flight.
+    async fn start_fetches(&mut self) -> Result<()> {
+        self.fetchers
+            .retain(|f| self.assigned.iter().any(|a| a.addr == f.addr));
+        for a in &self.assigned {
+            if !self.fetchers.iter().any(|f| f.addr == a.addr) {
+                self.fetchers.push(Fetcher {
+                    addr: a.addr.clone(),
+                    conn: None,
+                    in_flight: None,
+                });
+            }
+        }
+        for f in self.fetchers.iter_mut().filter(|f| f.in_flight.is_none()) {
+            let asked: Vec<Asked> = self
+                .assigned
+                .iter()
+                .filter(|a| a.addr == f.addr)
+                .map(|a| Asked {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    offset: a.position,
+                })
+                .collect();
+            let mut topics: Vec<FetchTopic> = Vec::new();
+            for a in &asked {
+                let p = FetchPartition {
+                    partition: a.partition,
+                    fetch_offset: a.offset,
+                    max_bytes: self.config.partition_max_bytes,
+                };
+                match topics.iter_mut().find(|t| t.name == a.topic) {
+                    Some(t) => t.partitions.push(p),
+                    None => topics.push(FetchTopic {
+                        name: a.topic.clone(),
+                        partitions: vec![p],
+                    }),
+                }
+            }
+            let req = FetchRequest {
+                max_wait_ms: self.config.max_wait.as_millis().min(u32::MAX as u128) as u32,
+                min_bytes: self.config.min_bytes,
+                max_bytes: 64 << 20,
+                topics,
+            };
+            let conn = match &mut f.conn {
+                Some(c) => c,
+                None => f.conn.insert(Connection::connect(f.addr.as_str()).await?),
+            };
+            match conn.write_request(ApiKey::Fetch, &req).await {
+                Ok(id) => f.in_flight = Some((id, asked)),
+                Err(e) => {
+                    f.conn = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a fetch answer into records and moves the positions past them. Partitions whose
+    /// position moved since the fetch was sent (a seek) are skipped.
+    async fn take_records(&mut self, body: &Bytes, asked: &[Asked]) -> Result<Vec<ConsumerRecord>> {
         let resp: FetchResponse<'_> =
-            mlog_wire::protocol::frame::decode_body(&body, "FetchResponse")?;
+            mlog_wire::protocol::frame::decode_body(body, "FetchResponse")?;
         // Positions move only once the whole response was read: an error part-way leaves them
         // where they were, so the next poll fetches the same records again instead of losing them.
         let mut out = Vec::new();
@@ -236,6 +370,12 @@ impl Consumer {
                     continue;
                 };
                 let a = &self.assigned[index];
+                let still_wanted = asked.iter().any(|x| {
+                    x.topic == a.topic && x.partition == a.partition && x.offset == a.position
+                });
+                if !still_wanted {
+                    continue;
+                }
                 match p.error {
                     ErrorCode::None => {}
                     ErrorCode::OffsetOutOfRange => {
@@ -251,6 +391,7 @@ impl Consumer {
                 }
                 let mut position = a.position;
                 let mut data = p.records.0;
+                let bytes = |s: &[u8]| body.slice_ref(s);
                 while !data.is_empty() {
                     let batch = RecordBatch::parse(data)
                         .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -267,12 +408,12 @@ impl Consumer {
                             partition: a.partition,
                             offset: r.offset,
                             timestamp: r.timestamp,
-                            key: r.key.map(<[u8]>::to_vec),
-                            value: r.value.map(<[u8]>::to_vec),
+                            key: r.key.map(bytes),
+                            value: r.value.map(bytes),
                             headers: r
                                 .headers
                                 .iter()
-                                .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
+                                .map(|h| (bytes(h.key), h.value.map(bytes)))
                                 .collect(),
                         });
                     }

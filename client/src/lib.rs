@@ -25,8 +25,10 @@ mod connection;
 mod consumer;
 mod error;
 mod producer;
+mod routes;
 
 pub use admin::{Admin, OffsetSpec, PartitionDescription, TopicDescription, TopicInfo};
+pub use bytes::Bytes;
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 pub use error::{ClientError, Result};

@@ -664,26 +664,7 @@ impl Inner {
     /// sender for every endpoint not seen before.
     async fn refresh(self: &Arc<Self>, topic: &str) -> Result<()> {
         let mut conn = Connection::connect(self.bootstrap.as_str()).await?;
-        let m: MetadataResponse = conn
-            .request(
-                ApiKey::Metadata,
-                &MetadataRequest {
-                    topics: Some(vec![topic.to_string()]),
-                },
-            )
-            .await?;
-        let Some(t) = m.topics.into_iter().next() else {
-            return Err(ClientError::Protocol("metadata without the topic".into()));
-        };
-        if t.error != ErrorCode::None {
-            return Err(ClientError::broker(t.error, Some(topic.to_string())));
-        }
-        let addr = |shard: u16| {
-            m.endpoints.iter().find(|e| e.shard == shard).map_or_else(
-                || self.bootstrap.clone(),
-                |e| format!("{}:{}", e.host, e.port),
-            )
-        };
+        let routes = crate::routes::topic_routes(&mut conn, &self.bootstrap, topic).await?;
         let mut woken = Vec::new();
         {
             let mut st = lock(&self.state);
@@ -707,12 +688,9 @@ impl Inner {
                     partitions: Vec::new(),
                     sticky: rand_start(),
                 });
-            let mut partitions = t.partitions;
-            partitions.sort_by_key(|p| p.partition);
-            for p in &partitions {
-                let i = p.partition as usize;
-                let e = endpoint(addr(p.shard));
-                let known = ts.partitions.len();
+            // Routes come in partition order without gaps, so partition i is at index i.
+            for (i, (_, addr)) in routes.into_iter().enumerate() {
+                let e = endpoint(addr);
                 match ts.partitions.get_mut(i) {
                     Some(part) => {
                         if !Arc::ptr_eq(&part.endpoint, &e) {
@@ -720,13 +698,12 @@ impl Inner {
                             woken.push(e);
                         }
                     }
-                    None if i == known => ts.partitions.push(PartitionState {
+                    None => ts.partitions.push(PartitionState {
                         endpoint: e,
                         open: None,
                         queued: VecDeque::new(),
                         in_flight: false,
                     }),
-                    None => return Err(ClientError::Protocol("metadata skips a partition".into())),
                 }
             }
         }

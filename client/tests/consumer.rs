@@ -81,7 +81,7 @@ async fn consumers_read_everything_in_order_resume_from_commits_and_survive_a_re
             (
                 r.partition,
                 r.offset,
-                String::from_utf8(r.value.clone().unwrap()).unwrap(),
+                String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap(),
             )
         })
         .collect();

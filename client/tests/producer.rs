@@ -203,3 +203,79 @@ async fn records_of_a_partition_keep_their_send_order_across_many_batches() {
     assert_eq!(stored_values, values);
     producer.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_blocks_sends_at_the_memory_bound_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("slow", 1, &[])
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        buffer_bytes: 64 << 10,
+        batch_bytes: 8 << 10,
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(broker.addr(), config).await.unwrap();
+    // Metadata first, while the broker still answers.
+    producer.send("slow", None, b"warm-up", &[]).await.unwrap();
+
+    broker.freeze(true);
+    let buffered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = {
+        let (producer, buffered) = (producer.clone(), buffered.clone());
+        tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..1000u32 {
+                let value = format!("{i:04}").repeat(250); // 1000 bytes
+                let ack = producer
+                    .begin_send("slow", Some(0), None, value.as_bytes(), &[])
+                    .await
+                    .unwrap();
+                acks.push(ack);
+                buffered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let mut offsets = Vec::new();
+            for ack in acks {
+                offsets.push(ack.await.unwrap().offset);
+            }
+            offsets
+        })
+    };
+    // While the broker is frozen, sends fill the 64 KiB buffer and then wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled_at = buffered.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=64).contains(&stalled_at),
+        "{stalled_at} sends buffered against a 64 KiB bound"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        buffered.load(std::sync::atomic::Ordering::SeqCst),
+        stalled_at,
+        "no progress while the broker is frozen"
+    );
+    assert!(!sender.is_finished());
+
+    broker.freeze(false);
+    let offsets = tokio::time::timeout(Duration::from_secs(30), sender)
+        .await
+        .expect("every send completes once the broker answers again")
+        .unwrap();
+    assert_eq!(
+        offsets,
+        (1..=1000).collect::<Vec<i64>>(),
+        "in order, none lost or repeated"
+    );
+    producer.close().await.unwrap();
+    let stored = read_partition(broker.addr(), "slow", 0).await;
+    assert_eq!(stored.len(), 1001);
+    for (i, (offset, _, value)) in stored.iter().skip(1).enumerate() {
+        assert_eq!(*offset, i as i64 + 1);
+        assert_eq!(value, format!("{i:04}").repeat(250).as_bytes());
+    }
+}

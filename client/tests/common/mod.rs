@@ -89,6 +89,17 @@ impl Broker {
         self.0 = child;
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker process: a broker that answers nothing for a
+    /// while, though the kernel still accepts its connections' bytes.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal}");
+    }
+
     /// The broker's address.
     pub fn addr(&self) -> &str {
         &self.1
