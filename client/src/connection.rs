@@ -3,6 +3,8 @@
 //! Invariant: a response is accepted only if its correlation id is the request's; a frame longer
 //! than `max_frame_bytes` is refused before it is buffered.
 
+use std::io::IoSlice;
+
 use bytes::{Bytes, BytesMut};
 use mlog_wire::protocol::frame::{
     check_frame, decode_body, decode_response, encode_request, DEFAULT_MAX_FRAME_BYTES,
@@ -99,14 +101,36 @@ impl Connection {
         self.write_request(api, body).await.map(|_| ())
     }
 
+    /// The correlation id of the next request, taken (for requests encoded by the caller).
+    pub(crate) fn take_correlation_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// Writes one request frame given as pieces, with vectored writes (no copy into one buffer).
+    pub(crate) async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        IoSlice::advance_slices(&mut rest, 0); // skip leading empty pieces
+        while !rest.is_empty() {
+            let n = match self.stream.write_vectored(rest).await {
+                Ok(0) => return Err(self.io(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => n,
+                Err(e) => return Err(self.io(e)),
+            };
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        Ok(())
+    }
+
     /// Encodes and writes one request (version 0) under the next correlation id, returned.
     pub(crate) async fn write_request<'a>(
         &mut self,
         api: ApiKey,
         body: &impl Wire<'a>,
     ) -> Result<u32> {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.take_correlation_id();
         let header = RequestHeader {
             api_key: api as u16,
             api_version: 0,

@@ -24,6 +24,7 @@ mod admin;
 mod connection;
 mod consumer;
 mod error;
+mod produce_frame;
 mod producer;
 mod routes;
 

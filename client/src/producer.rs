@@ -31,14 +31,16 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use mlog_wire::protocol::frame::decode_body;
 use mlog_wire::protocol::messages::*;
-use mlog_wire::protocol::{ApiKey, ErrorCode, RawBytes};
+use mlog_wire::protocol::ErrorCode;
 use mlog_wire::{NewRecord, RecordBatchBuilder, RecordHeader};
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
+use crate::produce_frame::{PartitionBatches, ProduceFrame};
 
 /// The acknowledgement a producer waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +153,9 @@ struct TopicState {
 
 struct PartitionState {
     endpoint: Arc<Endpoint>,
+    /// Size of the last batch closed: a new batch reserves about that much, so a busy partition's
+    /// batches never regrow and a quiet one's stay small.
+    last_batch_bytes: usize,
     open: Option<OpenBatch>,
     queued: VecDeque<ClosedBatch>,
     in_flight: bool,
@@ -184,6 +189,7 @@ impl PartitionState {
             return Ok(false);
         };
         let count = open.builder.len() as i64;
+        self.last_batch_bytes = open.builder.encoded_len();
         // Build errors are impossible for a non-empty builder; report one rather than panic.
         let records = open
             .builder
@@ -406,8 +412,9 @@ impl Inner {
         let open = part.open.get_or_insert_with(|| {
             wake = true; // the sender learns the new batch's linger deadline
             OpenBatch {
-                // Room for a busy partition's batch without regrowing, small enough for a quiet one.
-                builder: RecordBatchBuilder::with_capacity(self.config.batch_bytes.min(64 << 10)),
+                builder: RecordBatchBuilder::with_capacity(
+                    (part.last_batch_bytes + size).clamp(4096, self.config.batch_bytes + size),
+                ),
                 done: Arc::new(BatchDone::default()),
                 memory: 0,
                 deadline: Instant::now() + self.config.linger,
@@ -513,50 +520,16 @@ impl Inner {
         conn: &mut Option<Connection>,
         work: Vec<PartitionWork>,
     ) -> bool {
-        // A partition's batches travel back to back in one records field.
-        let joined: Vec<Vec<u8>> = work
+        let partitions: Vec<PartitionBatches<'_>> = work
             .iter()
-            .map(|w| match w.batches.as_slice() {
-                [_] => Vec::new(),
-                many => {
-                    let mut all = Vec::with_capacity(many.iter().map(|b| b.records.len()).sum());
-                    for b in many {
-                        all.extend_from_slice(&b.records);
-                    }
-                    all
-                }
+            .map(|w| PartitionBatches {
+                topic: &w.topic,
+                partition: w.partition,
+                batches: w.batches.iter().map(|b| &b.records[..]).collect(),
             })
             .collect();
-        let mut topics: Vec<ProduceTopic<'_>> = Vec::new();
-        for (w, joined) in work.iter().zip(&joined) {
-            let records = match w.batches.as_slice() {
-                [one] => &one.records[..],
-                _ => &joined[..],
-            };
-            let entry = ProducePartition {
-                partition: w.partition,
-                records: RawBytes(records),
-            };
-            match topics.last_mut() {
-                Some(t) if t.name == w.topic => t.partitions.push(entry),
-                _ => topics.push(ProduceTopic {
-                    name: &w.topic,
-                    partitions: vec![entry],
-                }),
-            }
-        }
-        let req = ProduceRequest {
-            acks: self.config.acks.wire(),
-            timeout_ms: self
-                .config
-                .request_timeout
-                .as_millis()
-                .min(u32::MAX as u128) as u32,
-            topics,
-        };
-        let outcome = self.exchange(endpoint, conn, &req).await;
-        drop(req);
-        drop(joined);
+        let outcome = self.exchange(endpoint, conn, &partitions).await;
+        drop(partitions);
         let results: Vec<std::result::Result<i64, ClientError>> = match outcome {
             Ok(None) => work.iter().map(|_| Ok(-1)).collect(),
             Ok(Some(resp)) => answers_in_order(&work, resp),
@@ -606,26 +579,35 @@ impl Inner {
         &self,
         endpoint: &Endpoint,
         conn: &mut Option<Connection>,
-        req: &ProduceRequest<'_>,
+        partitions: &[PartitionBatches<'_>],
     ) -> Result<Option<ProduceResponse>> {
         let limit = self.config.request_timeout + Duration::from_secs(5);
-        let c = match conn {
-            Some(c) => c,
-            None => {
-                let made = tokio::time::timeout(limit, Connection::connect(endpoint.addr.as_str()))
-                    .await
-                    .unwrap_or_else(|_| Err(timed_out()))?;
-                conn.insert(made)
+        let acks = self.config.acks;
+        let timeout_ms = self
+            .config
+            .request_timeout
+            .as_millis()
+            .min(u32::MAX as u128) as u32;
+        let attempt = async {
+            let c = match conn {
+                Some(c) => c,
+                None => conn.insert(Connection::connect(endpoint.addr.as_str()).await?),
+            };
+            let id = c.take_correlation_id();
+            let frame = ProduceFrame::encode(id, acks.wire(), timeout_ms, partitions);
+            c.write_parts(&frame.parts()).await?;
+            if acks == Acks::None {
+                return Ok(None);
             }
+            let body = c.response(id).await?;
+            Ok(Some(decode_body::<ProduceResponse>(
+                &body,
+                "ProduceResponse",
+            )?))
         };
-        let outcome = if self.config.acks == Acks::None {
-            c.send_only(ApiKey::Produce, req).await.map(|_| None)
-        } else {
-            match tokio::time::timeout(limit, c.request(ApiKey::Produce, req)).await {
-                Ok(r) => r.map(Some),
-                Err(_) => Err(timed_out()),
-            }
-        };
+        let outcome = tokio::time::timeout(limit, attempt)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
         if let Err(e) = &outcome {
             if !matches!(e, ClientError::Broker { .. }) || is_timeout(e) {
                 *conn = None; // the connection's state is unknown: make a new one
@@ -700,6 +682,7 @@ impl Inner {
                     }
                     None => ts.partitions.push(PartitionState {
                         endpoint: e,
+                        last_batch_bytes: 0,
                         open: None,
                         queued: VecDeque::new(),
                         in_flight: false,
