@@ -413,7 +413,7 @@ impl Inner {
             wake = true; // the sender learns the new batch's linger deadline
             OpenBatch {
                 builder: RecordBatchBuilder::with_capacity(
-                    (part.last_batch_bytes + size).clamp(4096, self.config.batch_bytes + size),
+                    (part.last_batch_bytes.max(4096) + size).min(self.config.batch_bytes + size),
                 ),
                 done: Arc::new(BatchDone::default()),
                 memory: 0,
