@@ -19,6 +19,9 @@ use crate::shard::{Shard, STOP_POLL};
 
 /// Bytes read from the socket at a time while no frame length is known.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// A frame up to this size gets its whole buffer once its length is known (as Kafka does), so it is
+/// never regrown and copied while it arrives; a larger one grows with the bytes that actually came.
+const RESERVE_WHOLE_FRAME_BYTES: usize = 8 << 20;
 /// How long a write to a client may block.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a stopping broker waits for a half-received frame.
@@ -37,9 +40,9 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
     loop {
         match check_frame(&buf, REQUEST_HEADER_BYTES, ctx.config.max_frame_bytes) {
             Ok(Some(n)) => {
-                let frame = buf.split_to(n).freeze();
+                let frame = buf.split_to(n);
                 pieces.clear();
-                dispatch::handle(&ctx, &frame, &mut pieces).await;
+                dispatch::handle(&ctx, frame, &mut pieces).await;
                 for piece in &pieces {
                     if stream.write_all(piece.bytes()).await.is_err() {
                         return;
@@ -69,11 +72,17 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
 /// is stopping while this connection is idle.
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &Shard) -> bool {
     let start = buf.len();
-    // A known frame length says how much is still to come (check_frame bounded it); the buffer
-    // grows by at most a chunk per read, so a slow or lying peer cannot make it allocate (and
-    // zero) a whole frame in advance.
+    // A known frame length says how much is still to come (check_frame bounded it). Each read
+    // zeroes and fills at most a chunk, and beyond RESERVE_WHOLE_FRAME_BYTES the buffer only grows
+    // with what arrived, so a slow or lying peer cannot make it allocate a huge frame in advance.
     let want = match buf.first_chunk::<4>() {
-        Some(len) => (u32::from_be_bytes(*len) as usize + 4 - start).clamp(1, READ_CHUNK_BYTES),
+        Some(len) => {
+            let rest = u32::from_be_bytes(*len) as usize + 4 - start;
+            if start + rest <= RESERVE_WHOLE_FRAME_BYTES {
+                buf.reserve(rest);
+            }
+            rest.clamp(1, READ_CHUNK_BYTES)
+        }
         None => READ_CHUNK_BYTES,
     };
     buf.resize(start + want, 0);

@@ -37,8 +37,9 @@ impl Piece {
     }
 }
 
-/// Handles one whole request frame, appending the response frame (if any) to `pieces`.
-pub(crate) async fn handle(shard: &Rc<Shard>, frame: &[u8], pieces: &mut Vec<Piece>) {
+/// Handles one whole request frame, appending the response frame (if any) to `pieces`. The frame is
+/// owned so that produced batches can be split off it instead of copied.
+pub(crate) async fn handle(shard: &Rc<Shard>, frame: BytesMut, pieces: &mut Vec<Piece>) {
     let mut out = BytesMut::new();
     handle_into(shard, frame, &mut out, pieces).await;
     if !out.is_empty() {
@@ -46,9 +47,14 @@ pub(crate) async fn handle(shard: &Rc<Shard>, frame: &[u8], pieces: &mut Vec<Pie
     }
 }
 
-async fn handle_into(shard: &Rc<Shard>, frame: &[u8], out: &mut BytesMut, pieces: &mut Vec<Piece>) {
-    let (header, body) = match decode_request(frame) {
-        Ok(x) => x,
+async fn handle_into(
+    shard: &Rc<Shard>,
+    frame: BytesMut,
+    out: &mut BytesMut,
+    pieces: &mut Vec<Piece>,
+) {
+    let (header, body_at) = match decode_request(&frame) {
+        Ok((header, body)) => (header, frame.len() - body.len()),
         Err(e) => {
             // The frame length was valid, so the header fits; answered rather than assumed.
             encode_error_response(out, 0, ErrorCode::InvalidRequest, &e.to_string());
@@ -70,22 +76,24 @@ async fn handle_into(shard: &Rc<Shard>, frame: &[u8], out: &mut BytesMut, pieces
         encode_error_response(out, id, ErrorCode::UnsupportedVersion, &msg);
         return;
     }
-    if let Err(e) = serve_api(shard, api, id, body, out, pieces).await {
+    if let Err(e) = serve_api(shard, api, id, frame, body_at, out, pieces).await {
         out.clear();
         pieces.clear();
         encode_error_response(out, id, ErrorCode::InvalidRequest, &e.to_string());
     }
 }
 
-/// Decodes the body of `api` and appends its response to `out`.
+/// Decodes the body (at `body_at` in `frame`) of `api` and appends its response to `out`.
 async fn serve_api(
     shard: &Rc<Shard>,
     api: ApiKey,
     id: u32,
-    body: &[u8],
+    frame: BytesMut,
+    body_at: usize,
     out: &mut BytesMut,
     pieces: &mut Vec<Piece>,
 ) -> Result<(), DecodeError> {
+    let body = &frame[body_at..];
     let too_many = |n: usize| n > MAX_REQUEST_PARTITIONS;
     let refuse = |out: &mut BytesMut| {
         let msg = format!("a request may name at most {MAX_REQUEST_PARTITIONS} partitions");
@@ -111,13 +119,27 @@ async fn serve_api(
             encode_response(out, id, &DeleteTopicsResponse { results });
         }
         ApiKey::Produce => {
-            let req = decode_body::<ProduceRequest<'_>>(body, "ProduceRequest")?;
-            if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
-                refuse(out);
-                return Ok(());
-            }
-            let acks = req.acks;
-            let resp = produce(shard, req).await;
+            let (acks, timeout_ms, parts) = {
+                let req = decode_body::<ProduceRequest<'_>>(body, "ProduceRequest")?;
+                if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+                    refuse(out);
+                    return Ok(());
+                }
+                let start = frame.as_ptr() as usize;
+                let parts: Vec<(String, u32, std::ops::Range<usize>)> = req
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions.iter().map(move |p| {
+                            let at = p.records.0.as_ptr() as usize - start;
+                            (t.name.to_string(), p.partition, at..at + p.records.0.len())
+                        })
+                    })
+                    .collect();
+                (req.acks, req.timeout_ms, parts)
+            };
+            let items = split_records(frame, parts);
+            let resp = produce(shard, acks, timeout_ms, items).await;
             if acks != 0 {
                 encode_response(out, id, &resp);
             }
@@ -298,36 +320,68 @@ fn exists(shard: &Shard, topic: &str, partition: u32) -> bool {
         .is_some_and(|t| partition < t.partitions)
 }
 
+/// Splits each partition's records off the request frame (ranges in frame order, as decoded)
+/// without copying them. A part under a quarter of the frame is copied instead: it may end up in a
+/// partition's batch cache, and must not keep a much larger frame alive there.
+fn split_records(
+    mut frame: BytesMut,
+    parts: Vec<(String, u32, std::ops::Range<usize>)>,
+) -> Vec<ProduceItem> {
+    let whole = frame.len();
+    let mut cut = 0; // bytes of the original frame already cut off the front of `frame`
+    parts
+        .into_iter()
+        .map(|(topic, partition, range)| {
+            let (start, end) = (range.start - cut, range.end - cut);
+            let records = if range.len() * 4 < whole {
+                BytesMut::from(&frame[start..end])
+            } else {
+                bytes::Buf::advance(&mut frame, start);
+                cut = range.end;
+                frame.split_to(end - start)
+            };
+            ProduceItem {
+                topic,
+                partition,
+                records,
+            }
+        })
+        .collect()
+}
+
 /// Appends to every partition of the request at once: the partitions this shard owns directly, the
 /// others in one message per owner shard. Answers in request order.
-async fn produce(shard: &Rc<Shard>, req: ProduceRequest<'_>) -> ProduceResponse {
+async fn produce(
+    shard: &Rc<Shard>,
+    acks_field: i8,
+    timeout_ms: u32,
+    items: Vec<ProduceItem>,
+) -> ProduceResponse {
     let failed = |error| Produced {
         error,
         base_offset: -1,
         log_start_offset: -1,
     };
-    let acks = Acks::from_i8(req.acks);
+    let acks = Acks::from_i8(acks_field);
+    let order: Vec<(String, u32)> = items
+        .iter()
+        .map(|i| (i.topic.clone(), i.partition))
+        .collect();
     let mut results = Vec::new();
     let mut groups: BTreeMap<usize, (Vec<usize>, Vec<ProduceItem>)> = BTreeMap::new();
-    for t in &req.topics {
-        for p in &t.partitions {
-            let index = results.len();
-            results.push(failed(ErrorCode::UnknownTopicOrPartition));
-            if acks.is_none() {
-                results[index] = failed(ErrorCode::InvalidAcks);
-            } else if t.name == group_offsets::OFFSETS_TOPIC {
-                // Only the broker writes the internal topic: forged records would rewrite offsets.
-                results[index] = failed(ErrorCode::InvalidTopic);
-            } else if exists(shard, t.name, p.partition) {
-                let owner = topics::owner(t.name, p.partition, shard.mesh.shards);
-                let group = groups.entry(owner).or_default();
-                group.0.push(index);
-                group.1.push(ProduceItem {
-                    topic: t.name.to_string(),
-                    partition: p.partition,
-                    records: BytesMut::from(p.records.0),
-                });
-            }
+    for item in items {
+        let index = results.len();
+        results.push(failed(ErrorCode::UnknownTopicOrPartition));
+        if acks.is_none() {
+            results[index] = failed(ErrorCode::InvalidAcks);
+        } else if item.topic == group_offsets::OFFSETS_TOPIC {
+            // Only the broker writes the internal topic: forged records would rewrite offsets.
+            results[index] = failed(ErrorCode::InvalidTopic);
+        } else if exists(shard, &item.topic, item.partition) {
+            let owner = topics::owner(&item.topic, item.partition, shard.mesh.shards);
+            let group = groups.entry(owner).or_default();
+            group.0.push(index);
+            group.1.push(item);
         }
     }
     if let Some(acks) = acks {
@@ -356,7 +410,7 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest<'_>) -> ProduceResponse 
         // it passes complete in the background (as in Kafka, a timeout does not mean "not
         // written"). Other acks levels wait for the append only, however long it takes.
         let timeout_ms = if acks == Acks::All {
-            req.timeout_ms as u64
+            timeout_ms as u64
         } else {
             1 << 40
         };
@@ -383,27 +437,24 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest<'_>) -> ProduceResponse 
             }
         }
     }
-    let mut results = results.into_iter();
-    ProduceResponse {
-        topics: req
-            .topics
-            .iter()
-            .map(|t| ProduceTopicResponse {
-                name: t.name.to_string(),
-                partitions: t
-                    .partitions
-                    .iter()
-                    .zip(results.by_ref())
-                    .map(|(p, r)| ProducePartitionResponse {
-                        partition: p.partition,
-                        error: r.error,
-                        base_offset: r.base_offset,
-                        log_start_offset: r.log_start_offset,
-                    })
-                    .collect(),
-            })
-            .collect(),
+    // Answers in request order, consecutive partitions of a topic under one topic entry.
+    let mut topics: Vec<ProduceTopicResponse> = Vec::new();
+    for ((topic, partition), r) in order.into_iter().zip(results) {
+        let answer = ProducePartitionResponse {
+            partition,
+            error: r.error,
+            base_offset: r.base_offset,
+            log_start_offset: r.log_start_offset,
+        };
+        match topics.last_mut() {
+            Some(t) if t.name == topic => t.partitions.push(answer),
+            _ => topics.push(ProduceTopicResponse {
+                name: topic,
+                partitions: vec![answer],
+            }),
+        }
     }
+    ProduceResponse { topics }
 }
 
 /// One partition's answer to a fetch, before encoding.
