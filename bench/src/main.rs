@@ -292,6 +292,16 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Hands every output of `pending` that is ready now to `f`, without waiting.
+fn drain_ready<F: std::future::Future>(
+    pending: &mut futures_util::stream::FuturesUnordered<F>,
+    mut f: impl FnMut(F::Output),
+) {
+    while let Some(Some(out)) = futures_util::StreamExt::next(pending).now_or_never() {
+        f(out);
+    }
+}
+
 /// Sends until `deadline` or `limit` messages; returns send-to-ack latencies (when `record`).
 async fn produce_worker(
     opts: Opts,
@@ -325,17 +335,21 @@ async fn produce_worker(
     let mut value = vec![0x5au8; opts.message_size.max(8)];
     // Sends in flight, polled together (no task per message: that would cost more than the send).
     let mut pending = futures_util::stream::FuturesUnordered::new();
+    // `acked`: when the acknowledgement was seen (one clock read serves every acknowledgement that
+    // is in at that moment: a batch's records complete together).
     let mut record_ack = |done: Option<(
         Instant,
         bool,
         Result<mlog_client::RecordMetadata, ClientError>,
         usize,
-    )>| {
+    )>,
+                          acked: Instant| {
         if let Some((t, counted, result, len)) = done {
             match result {
                 Ok(_) if counted && record => {
                     stats.count(len, measure_from);
-                    let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+                    let latency = acked.saturating_duration_since(t).as_micros() as u64;
+                    let _ = h.record(latency.max(1));
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -344,34 +358,48 @@ async fn produce_worker(
             }
         }
     };
+    // Clock reads are not free in a VM: about one per record is spent here.
     loop {
-        let now = Instant::now();
+        let mut now = Instant::now();
         if deadline.is_some_and(|d| now >= d)
             || limit.is_some_and(|l| sent >= l && now >= measure_from)
         {
             break;
         }
+        let mut waited = false;
         if let Some(i) = interval {
             let due = started + i.mul_f64(scheduled as f64);
             while Instant::now() < due {
+                waited = true;
                 tokio::select! {
-                    done = futures_util::StreamExt::next(&mut pending), if !pending.is_empty() => record_ack(done),
+                    done = futures_util::StreamExt::next(&mut pending), if !pending.is_empty() => {
+                        let acked = Instant::now();
+                        record_ack(done, acked);
+                        drain_ready(&mut pending, |d| record_ack(Some(d), acked));
+                    }
                     _ = tokio::time::sleep_until(due.into()) => {}
                 }
             }
         }
         while pending.len() >= opts.in_flight.max(1) {
+            waited = true;
             let done = futures_util::StreamExt::next(&mut pending).await;
-            record_ack(done);
+            let acked = Instant::now();
+            record_ack(done, acked);
+            drain_ready(&mut pending, |d| record_ack(Some(d), acked));
+        }
+        if waited {
+            now = Instant::now();
         }
         // With --rate, latency counts from when the record was due, so a bench that falls behind
         // its schedule reports the wait instead of hiding it (coordinated omission).
-        // (Clock reads are not free in a VM: one per record here.)
-        let now = Instant::now();
         let send_at = interval.map_or(now, |i| started + i.mul_f64(scheduled as f64));
         scheduled += 1;
-        let late_ns = now.saturating_duration_since(send_at).as_nanos() as u64;
-        value[..8].copy_from_slice(&now_ns().saturating_sub(late_ns).to_be_bytes());
+        if !record {
+            // e2e: the consumer measures from the send time carried in the record.
+            let late_ns = now.saturating_duration_since(send_at).as_nanos() as u64;
+            value[..8].copy_from_slice(&now_ns().saturating_sub(late_ns).to_be_bytes());
+        }
         let counted = now >= measure_from;
         if counted {
             sent += 1;
@@ -384,11 +412,13 @@ async fn produce_worker(
             .await
         {
             Ok(ack) => pending.push(ack.map(move |r| (send_at, counted, r, len))),
-            Err(e) => record_ack(Some((send_at, counted, Err(e), len))),
+            Err(e) => record_ack(Some((send_at, counted, Err(e), len)), now),
         }
     }
     while let Some(done) = futures_util::StreamExt::next(&mut pending).await {
-        record_ack(Some(done));
+        let acked = Instant::now();
+        record_ack(Some(done), acked);
+        drain_ready(&mut pending, |d| record_ack(Some(d), acked));
     }
     producer.flush().await?;
     Ok(h)
