@@ -146,7 +146,7 @@ struct State {
 
 struct TopicState {
     partitions: Vec<PartitionState>,
-    /// Where keyless records go until that partition's batch closes ("sticky" partitioning: full
+    /// Where keyless records go until that partition's batch closes ("sticky" partitioning: whole
     /// batches instead of one record per partition per batch).
     sticky: u32,
 }
@@ -391,7 +391,14 @@ impl Inner {
                 ))
             }
             (None, Some(k)) => (hash(k) % count as u64) as u32,
-            (None, None) => t.sticky % count,
+            (None, None) => {
+                // The sticky partition's batch closed (full, lingered, or taken by its sender):
+                // the next batch goes to the next partition.
+                if t.partitions[(t.sticky % count) as usize].open.is_none() {
+                    t.sticky = t.sticky.wrapping_add(1);
+                }
+                t.sticky % count
+            }
         };
         if memory_held < memory {
             match self.memory.try_acquire_many(memory as u32) {
@@ -432,15 +439,10 @@ impl Inner {
             index,
             waker_slot: None,
         };
-        let mut advance_sticky = false;
         if open.builder.encoded_len() >= self.config.batch_bytes {
             wake |= part.close_open()?;
-            advance_sticky = true;
         }
         let endpoint = wake.then(|| part.endpoint.clone());
-        if advance_sticky && partition.is_none() && key.is_none() {
-            t.sticky = t.sticky.wrapping_add(1);
-        }
         drop(st);
         if let Some(e) = endpoint {
             e.wake.notify_one();
