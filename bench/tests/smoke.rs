@@ -1,40 +1,17 @@
 //! `mlog-bench` runs against a real broker and prints a parseable JSON result.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+#[path = "../../client/tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+
+use common::Broker;
 
 #[test]
 fn produce_consume_and_e2e_report_json() {
     let dir = tempfile::tempdir().unwrap();
-    let broker_bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("mlog-broker");
-    let mut broker = Command::new(broker_bin)
-        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the mlog-broker binary is built with the workspace");
-    let stderr = broker.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("mlog-broker listening address=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let broker = Broker::start(dir.path());
+    let addr = broker.addr();
     for args in [
         vec![
             "produce",
@@ -60,7 +37,7 @@ fn produce_consume_and_e2e_report_json() {
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_mlog-bench"))
             .args(&args)
-            .args(["--bootstrap", &addr, "--json"])
+            .args(["--bootstrap", addr, "--json"])
             .output()
             .unwrap();
         assert!(
@@ -78,6 +55,4 @@ fn produce_consume_and_e2e_report_json() {
             assert!(v["latency_us"]["max"].as_u64().unwrap() > 0);
         }
     }
-    let _ = broker.kill();
-    let _ = broker.wait();
 }

@@ -1,56 +1,12 @@
 //! The `mlog` CLI, run as a process against a real broker.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+#[path = "../../client/tests/common/mod.rs"]
+mod common;
 
-fn broker_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("mlog-broker")
-}
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
-struct Broker(Child, String);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_broker(dir: &std::path::Path) -> Broker {
-    let mut child = Command::new(broker_binary())
-        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-        .arg(dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the mlog-broker binary is built with the workspace");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("mlog-broker listening") {
-                if let Some(rest) = line.split("address=").nth(1) {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("broker started");
-    Broker(child, addr)
-}
+use common::Broker;
 
 fn mlog(broker: &str, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mlog"))
@@ -77,8 +33,8 @@ fn ok(out: Output) -> String {
 #[test]
 fn topics_produce_consume_and_groups_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path());
-    let b = broker.1.as_str();
+    let broker = Broker::start(dir.path());
+    let b = broker.addr();
     ok(mlog(
         b,
         &[

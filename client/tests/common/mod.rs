@@ -1,8 +1,8 @@
-//! Helpers shared by the client's tests: a real `mlog-broker` process.
+//! A real `mlog-broker` process for tests (client, CLI and bench tests share this file).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,78 +15,46 @@ fn broker_binary() -> PathBuf {
         .join("mlog-broker")
 }
 
+/// Starts a 2-shard broker on `listen` with its data in `dir`; returns it once it listens, with the
+/// address it reports.
+fn spawn(dir: &Path, listen: &str) -> (Child, String) {
+    let mut child = Command::new(broker_binary())
+        .args(["--listen", listen, "--shards", "2", "--data-dir"])
+        .arg(dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the mlog-broker binary is built with the workspace");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("mlog-broker listening address=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("broker started");
+    (child, addr)
+}
+
 pub struct Broker(Child, String);
 
 impl Broker {
-    pub fn start(dir: &std::path::Path) -> Broker {
-        let mut child = Command::new(broker_binary())
-            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-            .arg(dir)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the mlog-broker binary is built with the workspace");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("mlog-broker listening") {
-                    if let Some(rest) = line.split("address=").nth(1) {
-                        let _ = tx.send(
-                            rest.split_whitespace()
-                                .next()
-                                .unwrap_or_default()
-                                .to_string(),
-                        );
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("broker started");
+    /// A broker on an ephemeral port of 127.0.0.1.
+    pub fn start(dir: &Path) -> Broker {
+        let (child, addr) = spawn(dir, "127.0.0.1:0");
         Broker(child, addr)
     }
-}
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Broker {
     /// Stops the broker (SIGKILL) and starts it again on the same data and port.
-    pub fn restart(&mut self, dir: &std::path::Path) {
+    pub fn restart(&mut self, dir: &Path) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-        let port = self.1.rsplit(':').next().unwrap_or_default().to_string();
-        let mut child = Command::new(broker_binary())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--shards",
-                "2",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("restart mlog-broker");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("mlog-broker listening") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("broker restarted");
-        self.0 = child;
+        self.0 = spawn(dir, &self.1).0;
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker process: a broker that answers nothing for a
@@ -103,5 +71,12 @@ impl Broker {
     /// The broker's address.
     pub fn addr(&self) -> &str {
         &self.1
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
