@@ -222,51 +222,24 @@ impl<'a, T: Wire<'a>> Wire<'a> for Option<T> {
 /// the input takes the lifetime `'a`.
 #[macro_export]
 macro_rules! wire_struct {
-    (
-        $(#[$meta:meta])*
-        pub struct $name:ident<'a> {
-            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty ),* $(,)?
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $name<'a> {
-            $( $(#[$fmeta])* pub $field: $ty ),*
-        }
-
-        impl<'a> $crate::protocol::codec::Wire<'a> for $name<'a> {
-            const MIN_BYTES: usize = 0 $( + <$ty as $crate::protocol::codec::Wire<'a>>::MIN_BYTES )*;
-            #[allow(unused_variables)]
-            fn encode(&self, out: &mut bytes::BytesMut) {
-                $( $crate::protocol::codec::Wire::encode(&self.$field, out); )*
-            }
-            #[allow(unused_variables)]
-            fn decode(
-                r: &mut $crate::protocol::codec::Reader<'a>,
-                _field: &'static str,
-            ) -> Result<Self, $crate::protocol::codec::DecodeError> {
-                Ok($name {
-                    $( $field: <$ty as $crate::protocol::codec::Wire<'a>>::decode(
-                        r,
-                        concat!(stringify!($name), ".", stringify!($field)),
-                    )? ),*
-                })
-            }
-        }
+    ($(#[$meta:meta])* pub struct $name:ident<'a> { $($fields:tt)* }) => {
+        $crate::wire_struct!(@define [$(#[$meta])*] $name [<'a>] { $($fields)* });
+    };
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $crate::wire_struct!(@define [$(#[$meta])*] $name [] { $($fields)* });
     };
     (
-        $(#[$meta:meta])*
-        pub struct $name:ident {
+        @define [$($meta:tt)*] $name:ident [$($lifetime:tt)*] {
             $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty ),* $(,)?
         }
     ) => {
-        $(#[$meta])*
+        $($meta)*
         #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $name {
+        pub struct $name $($lifetime)* {
             $( $(#[$fmeta])* pub $field: $ty ),*
         }
 
-        impl<'a> $crate::protocol::codec::Wire<'a> for $name {
+        impl<'a> $crate::protocol::codec::Wire<'a> for $name $($lifetime)* {
             const MIN_BYTES: usize = 0 $( + <$ty as $crate::protocol::codec::Wire<'a>>::MIN_BYTES )*;
             #[allow(unused_variables)]
             fn encode(&self, out: &mut bytes::BytesMut) {
