@@ -269,6 +269,21 @@ impl Producer {
     /// order within a partition, while their acknowledgements can be awaited later: this is how to
     /// keep many records in flight (`mlog produce` and `mlog-bench` do). Returns without waiting when
     /// the topic's metadata is known and buffer memory is free; waits for them otherwise.
+    ///
+    /// ```no_run
+    /// # async fn example(producer: mlog_client::Producer) -> Result<(), mlog_client::ClientError> {
+    /// let mut acks = Vec::new();
+    /// for i in 0..1000 {
+    ///     let value = format!("event {i}");
+    ///     acks.push(producer.begin_send("events", Some(0), None, value.as_bytes(), &[]).await?);
+    /// }
+    /// for ack in acks {
+    ///     let stored = ack.await?; // offsets follow the send order: partition 0, one by one
+    ///     assert_eq!(stored.partition, 0);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn begin_send(
         &self,
         topic: &str,
