@@ -17,11 +17,12 @@ use mlog_wire::protocol::frame::{check_frame, REQUEST_HEADER_BYTES};
 use crate::dispatch;
 use crate::shard::{Shard, STOP_POLL};
 
-/// Bytes read from the socket at a time while no frame length is known.
-const READ_CHUNK_BYTES: usize = 64 << 10;
-/// A frame up to this size gets its whole buffer once its length is known (as Kafka does), so it is
-/// never regrown and copied while it arrives; a larger one grows with the bytes that actually came.
-const RESERVE_WHOLE_FRAME_BYTES: usize = 8 << 20;
+/// Bytes read from the socket at a time. A frame larger than this gets a buffer of its own, exactly
+/// its size, once its length is known (as Kafka does): it is never regrown and copied while it
+/// arrives, and batches split off it keep only it alive (see `dispatch::split_records`). Its pages
+/// are touched only as bytes arrive, a chunk per read, so a peer that announces a large frame and
+/// sends little makes the broker hold little.
+pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
 /// How long a write to a client may block.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a stopping broker waits for a half-received frame.
@@ -36,11 +37,14 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
     // A peer that stops reading must not pin this connection (and a stopping shard) forever.
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Whether `buf` is the current frame's own buffer (then it holds nothing else).
+    let mut own_buffer = false;
     let mut pieces = Vec::new();
     loop {
         match check_frame(&buf, REQUEST_HEADER_BYTES, ctx.config.max_frame_bytes) {
             Ok(Some(n)) => {
                 let frame = buf.split_to(n);
+                own_buffer = false;
                 pieces.clear();
                 dispatch::handle(&ctx, frame, &mut pieces).await;
                 for piece in &pieces {
@@ -56,7 +60,7 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
                 }
             }
             Ok(None) => {
-                if !read_more(&mut stream, &mut buf, &ctx).await {
+                if !read_more(&mut stream, &mut buf, &mut own_buffer, &ctx).await {
                     return;
                 }
             }
@@ -70,18 +74,26 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
 
 /// Reads at least one byte into `buf`; false when the peer closed, the read failed, or the broker
 /// is stopping while this connection is idle.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &Shard) -> bool {
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    own_buffer: &mut bool,
+    ctx: &Shard,
+) -> bool {
     let start = buf.len();
-    // A known frame length says how much is still to come (check_frame bounded it). Each read
-    // zeroes and fills at most a chunk, and beyond RESERVE_WHOLE_FRAME_BYTES the buffer only grows
-    // with what arrived, so a slow or lying peer cannot make it allocate a huge frame in advance.
+    // A known frame length says how much is still to come (check_frame bounded it); each read
+    // zeroes and fills at most a chunk.
     let want = match buf.first_chunk::<4>() {
         Some(len) => {
-            let rest = u32::from_be_bytes(*len) as usize + 4 - start;
-            if start + rest <= RESERVE_WHOLE_FRAME_BYTES {
-                buf.reserve(rest);
+            let total = u32::from_be_bytes(*len) as usize + 4;
+            // `buf` holds only this frame's start here (a longer `buf` would hold the whole frame).
+            if total > READ_CHUNK_BYTES && !*own_buffer {
+                let mut own = BytesMut::with_capacity(total);
+                own.extend_from_slice(buf);
+                *buf = own;
+                *own_buffer = true;
             }
-            rest.clamp(1, READ_CHUNK_BYTES)
+            (total - start).clamp(1, READ_CHUNK_BYTES)
         }
         None => READ_CHUNK_BYTES,
     };

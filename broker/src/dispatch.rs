@@ -321,8 +321,9 @@ fn exists(shard: &Shard, topic: &str, partition: u32) -> bool {
 }
 
 /// Splits each partition's records off the request frame (ranges in frame order, as decoded)
-/// without copying them. A part under a quarter of the frame is copied instead: it may end up in a
-/// partition's batch cache, and must not keep a much larger frame alive there.
+/// without copying them, when the frame has a buffer of its own (frames over
+/// `connection::READ_CHUNK_BYTES`) and the part is at least a quarter of it. Other parts are copied:
+/// a part may stay in a partition's batch cache, and must keep alive at most 4 times its size.
 fn split_records(
     mut frame: BytesMut,
     parts: Vec<(String, u32, std::ops::Range<usize>)>,
@@ -333,7 +334,8 @@ fn split_records(
         .into_iter()
         .map(|(topic, partition, range)| {
             let (start, end) = (range.start - cut, range.end - cut);
-            let records = if range.len() * 4 < whole {
+            let records = if whole <= crate::connection::READ_CHUNK_BYTES || range.len() * 4 < whole
+            {
                 BytesMut::from(&frame[start..end])
             } else {
                 bytes::Buf::advance(&mut frame, start);

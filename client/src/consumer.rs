@@ -99,7 +99,9 @@ impl Fetcher {
         };
         let answer = conn.response(*id).await;
         let asked = self.in_flight.take().map(|(_, a)| a).unwrap_or_default();
-        if matches!(answer, Err(ClientError::Io { .. })) {
+        // After anything but a frame-level error answer, the connection's state is unknown (an
+        // oversized or undecodable response leaves bytes unread): the next fetch gets a new one.
+        if matches!(answer, Err(ref e) if !matches!(e, ClientError::Broker { .. })) {
             self.conn = None;
         }
         answer.map(|body| (body, asked))
@@ -131,6 +133,9 @@ pub struct Consumer {
     fetchers: Vec<Fetcher>,
     /// Rotates which listener a poll serves first, so a busy one cannot starve the others.
     turn: usize,
+    /// Records whose positions already moved but that a poll has not returned yet (it was
+    /// cancelled while sending the prefetch): the next poll returns them first.
+    ready: Vec<ConsumerRecord>,
 }
 
 impl Consumer {
@@ -143,6 +148,7 @@ impl Consumer {
             assigned: Vec::new(),
             fetchers: Vec::new(),
             turn: 0,
+            ready: Vec::new(),
         })
     }
 
@@ -164,6 +170,8 @@ impl Consumer {
             };
             self.assigned
                 .retain(|a| !(a.topic == topic && a.partition == partition));
+            self.ready
+                .retain(|r| !(r.topic == topic && r.partition == partition));
             self.assigned.push(Assignment {
                 topic: topic.to_string(),
                 partition,
@@ -196,6 +204,8 @@ impl Consumer {
             a.position = position;
             let addr = a.addr.clone();
             self.abandon_fetch(&addr);
+            self.ready
+                .retain(|r| !(r.topic == topic && r.partition == partition));
         }
         Ok(())
     }
@@ -235,6 +245,9 @@ impl Consumer {
     /// a poll returns the first answer, and before returning sends the next fetch, which fills
     /// while the application works on these records (prefetch).
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
+        if !self.ready.is_empty() {
+            return Ok(std::mem::take(&mut self.ready));
+        }
         if self.assigned.is_empty() {
             return Ok(Vec::new());
         }
@@ -283,11 +296,11 @@ impl Consumer {
             waits.rotate_left(turn);
             futures_util::future::select_all(waits).await.0?
         };
-        let records = self.take_records(&body, &asked).await?;
+        self.ready = self.take_records(&body, &asked).await?;
         // Prefetch: the next fetches are on their way before the caller sees these records. A
         // failure to send one shows in the next poll, which sends it again.
         let _ = self.start_fetches().await;
-        Ok(records)
+        Ok(std::mem::take(&mut self.ready))
     }
 
     /// Sends a fetch to every listener of an assigned partition that has none in flight.
@@ -335,17 +348,14 @@ impl Consumer {
                 max_bytes: 64 << 20,
                 topics,
             };
-            let conn = match &mut f.conn {
+            // Out of `f` while writing: a write cancelled half-way drops the connection with it.
+            let mut conn = match f.conn.take() {
                 Some(c) => c,
-                None => f.conn.insert(Connection::connect(f.addr.as_str()).await?),
+                None => Connection::connect(f.addr.as_str()).await?,
             };
-            match conn.write_request(ApiKey::Fetch, &req).await {
-                Ok(id) => f.in_flight = Some((id, asked)),
-                Err(e) => {
-                    f.conn = None;
-                    return Err(e);
-                }
-            }
+            let id = conn.write_request(ApiKey::Fetch, &req).await?;
+            f.conn = Some(conn);
+            f.in_flight = Some((id, asked));
         }
         Ok(())
     }
@@ -423,11 +433,16 @@ impl Consumer {
                 moved.push((index, position));
             }
         }
+        // Every await comes before the first position moves: a poll cancelled here changes nothing.
+        let mut reset_to = Vec::with_capacity(resets.len());
+        for (topic, partition) in resets {
+            let position = self.lookup(&topic, partition, self.config.reset).await?;
+            reset_to.push((topic, partition, position));
+        }
         for (index, position) in moved {
             self.assigned[index].position = position;
         }
-        for (topic, partition) in resets {
-            let position = self.lookup(&topic, partition, self.config.reset).await?;
+        for (topic, partition, position) in reset_to {
             self.set_position(&topic, partition, position)?;
         }
         Ok(out)

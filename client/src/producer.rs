@@ -79,7 +79,7 @@ pub struct ProducerConfig {
     pub buffer_bytes: usize,
     /// Attempts after the first for a batch that failed with a retriable error.
     pub retries: u32,
-    /// Wait before the first retry (doubling each time).
+    /// Wait before the first retry (doubling each time, up to 32 times this).
     pub retry_backoff: Duration,
     /// How long the broker may take to acknowledge (acks=all). The producer gives up on an answer
     /// 5 s after that.
@@ -443,6 +443,9 @@ impl Inner {
             }
         });
         if let Err(e) = open.builder.push(record) {
+            if open.builder.is_empty() {
+                part.open = None; // no record, no future: an empty batch must never be closed
+            }
             self.memory.add_permits(memory);
             return Err(ClientError::Protocol(e.to_string()));
         }
@@ -485,12 +488,13 @@ impl Inner {
     /// Takes the next request's batches for `endpoint`: every queued batch of its partitions that
     /// have none in flight (closing open batches whose linger passed), up to `max_request_bytes`.
     /// With nothing to send, returns when the next open batch's linger ends.
-    fn collect(&self, endpoint: &Arc<Endpoint>) -> Result<Collected> {
+    /// `turn` rotates where the request starts, so that when the queued batches outgrow a request
+    /// no partition is always the one left out.
+    fn collect(&self, endpoint: &Arc<Endpoint>, turn: usize) -> Result<Collected> {
         let now = Instant::now();
         let mut st = lock(&self.state);
-        let mut work = Vec::new();
-        let mut bytes = 0usize;
         let mut next_deadline: Option<Instant> = None;
+        let mut ready: Vec<(String, usize)> = Vec::new();
         for (topic, t) in st.topics.iter_mut() {
             for (p, part) in t.partitions.iter_mut().enumerate() {
                 if part.in_flight || !Arc::ptr_eq(&part.endpoint, endpoint) {
@@ -504,22 +508,36 @@ impl Inner {
                             Some(next_deadline.map_or(open.deadline, |d| d.min(open.deadline)));
                     }
                 }
-                let mut batches = Vec::new();
-                while let Some(b) = part.queued.front() {
-                    if bytes > 0 && bytes + b.records.len() > self.config.max_request_bytes {
-                        break;
-                    }
-                    bytes += b.records.len();
-                    batches.extend(part.queued.pop_front());
+                if !part.queued.is_empty() {
+                    ready.push((topic.clone(), p));
                 }
-                if !batches.is_empty() {
-                    part.in_flight = true;
-                    work.push(PartitionWork {
-                        topic: topic.clone(),
-                        partition: p as u32,
-                        batches,
-                    });
+            }
+        }
+        if !ready.is_empty() {
+            let start = turn % ready.len();
+            ready.rotate_left(start);
+        }
+        let mut work = Vec::new();
+        let mut bytes = 0usize;
+        for (topic, p) in ready {
+            let Some(part) = st.topics.get_mut(&topic).map(|t| &mut t.partitions[p]) else {
+                continue;
+            };
+            let mut batches = Vec::new();
+            while let Some(b) = part.queued.front() {
+                if bytes > 0 && bytes + b.records.len() > self.config.max_request_bytes {
+                    break;
                 }
+                bytes += b.records.len();
+                batches.extend(part.queued.pop_front());
+            }
+            if !batches.is_empty() {
+                part.in_flight = true;
+                work.push(PartitionWork {
+                    topic,
+                    partition: p as u32,
+                    batches,
+                });
             }
         }
         Ok(if work.is_empty() {
@@ -640,6 +658,8 @@ impl Inner {
     }
 
     /// Ends a partition's request: `back` (batches to retry) return to the front of its queue.
+    /// Its sender is woken if work remains: a metadata refresh may have moved the partition to
+    /// another endpoint while the request was in flight, and that endpoint's sender skipped it.
     fn end_flight(&self, topic: &str, partition: u32, back: Vec<ClosedBatch>) {
         let mut st = lock(&self.state);
         if let Some(part) = st
@@ -651,6 +671,12 @@ impl Inner {
                 part.queued.push_front(b);
             }
             part.in_flight = false;
+            let pending = !part.queued.is_empty() || part.open.is_some();
+            let endpoint = part.endpoint.clone();
+            drop(st);
+            if pending {
+                endpoint.wake.notify_one();
+            }
         } else {
             drop(st);
             for b in back {
@@ -727,6 +753,9 @@ enum Collected {
     Idle(Option<Instant>),
 }
 
+/// Retry backoff doubles up to this multiple of `retry_backoff`.
+const MAX_BACKOFF_FACTOR: u32 = 32;
+
 /// Starts an endpoint's sender. (A plain function: spawning from inside the async code that the
 /// sender itself awaits would make the compiler's `Send` check circular.)
 fn start_sender(inner: Weak<Inner>, endpoint: Arc<Endpoint>) {
@@ -739,20 +768,26 @@ fn start_sender(inner: Weak<Inner>, endpoint: Arc<Endpoint>) {
 async fn run_sender(inner: Weak<Inner>, endpoint: Arc<Endpoint>) {
     let mut conn = None;
     let mut backoff = None::<Duration>;
+    let mut turn = 0usize;
     loop {
         let Some(this) = inner.upgrade() else { return };
         let notified = endpoint.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let collected = match this.collect(&endpoint) {
+        turn = turn.wrapping_add(1);
+        let collected = match this.collect(&endpoint, turn) {
             Ok(c) => c,
             Err(_) => Collected::Idle(None),
         };
         match collected {
             Collected::Request(work) => {
-                let topics: Vec<String> = work.iter().map(|w| w.topic.clone()).collect();
+                let mut topics: Vec<String> = work.iter().map(|w| w.topic.clone()).collect();
+                topics.sort();
+                topics.dedup();
                 if this.send_request(&endpoint, &mut conn, work).await {
-                    let wait = backoff.map_or(this.config.retry_backoff, |b| b * 2);
+                    let cap = this.config.retry_backoff.saturating_mul(MAX_BACKOFF_FACTOR);
+                    let wait =
+                        backoff.map_or(this.config.retry_backoff, |b| b.saturating_mul(2).min(cap));
                     backoff = Some(wait);
                     tokio::time::sleep(wait).await;
                     for t in topics {
@@ -780,7 +815,21 @@ async fn run_sender(inner: Weak<Inner>, endpoint: Arc<Endpoint>) {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for e in lock(&self.state).endpoints.values() {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Records still buffered will never be sent: their futures learn it now.
+        for t in st.topics.values_mut() {
+            for part in &mut t.partitions {
+                let open = part.open.take().map(|o| o.done);
+                for done in open
+                    .into_iter()
+                    .chain(part.queued.drain(..).map(|b| b.done))
+                {
+                    done.complete(Err(closed()));
+                }
+            }
+        }
+        // The senders wait for work with no producer to work for: wake them, so they end.
+        for e in st.endpoints.values() {
             e.wake.notify_one();
         }
     }

@@ -10,7 +10,8 @@ use mlog_wire::protocol::{ApiKey, ErrorCode};
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
 
-/// The partitions of `topic`, in partition order, each with the address of its owner's listener.
+/// The partitions of `topic`, in partition order (at least one, no gaps), each with the address of
+/// its owner's listener.
 pub(crate) async fn topic_routes(
     conn: &mut Connection,
     bootstrap: &str,
@@ -42,9 +43,9 @@ pub(crate) async fn topic_routes(
         })
         .collect();
     routes.sort_by_key(|r| r.0);
-    if routes.iter().enumerate().any(|(i, r)| r.0 != i as u32) {
+    if routes.is_empty() || routes.iter().enumerate().any(|(i, r)| r.0 != i as u32) {
         return Err(ClientError::Protocol(format!(
-            "metadata of {topic} skips a partition"
+            "metadata of {topic} lists no partitions or skips one"
         )));
     }
     Ok(routes)

@@ -279,3 +279,29 @@ async fn a_stalled_broker_blocks_sends_at_the_memory_bound_and_loses_nothing() {
         assert_eq!(value, format!("{i:04}").repeat(250).as_bytes());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_producer_fails_the_records_it_still_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("dropped", 1, &[])
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        linger: Duration::from_secs(600), // the batch stays open until the producer goes
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(broker.addr(), config).await.unwrap();
+    let ack = producer
+        .begin_send("dropped", Some(0), None, b"never sent", &[])
+        .await
+        .unwrap();
+    drop(producer);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), ack)
+        .await
+        .expect("the future resolves instead of hanging");
+    assert!(outcome.is_err(), "{outcome:?}");
+}
