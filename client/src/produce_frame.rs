@@ -93,63 +93,63 @@ mod tests {
     use mlog_wire::protocol::messages::{ProducePartition, ProduceRequest, ProduceTopic};
     use mlog_wire::protocol::RawBytes;
 
-    #[test]
-    fn the_pieces_are_exactly_the_generic_encoding() {
-        let (a, b, c) = (vec![1u8; 70], vec![2u8; 5], vec![3u8; 300]);
-        let partitions = vec![
-            PartitionBatches {
-                topic: "orders",
-                partition: 3,
-                batches: vec![&a, &b],
-            },
-            PartitionBatches {
-                topic: "orders",
-                partition: 0,
-                batches: vec![&c],
-            },
-            PartitionBatches {
-                topic: "audit",
-                partition: 1,
-                batches: vec![&b],
-            },
-        ];
-        let frame = ProduceFrame::encode(77, -1, 30_000, &partitions);
-        let gathered: Vec<u8> = frame.parts().concat();
-
-        let joined: Vec<u8> = [&a[..], &b[..]].concat();
+    /// The generic encoding of the same request, with each partition's batches joined.
+    fn generic(id: u32, acks: i8, timeout_ms: u32, parts: &[PartitionBatches<'_>]) -> Vec<u8> {
+        let joined: Vec<Vec<u8>> = parts.iter().map(|p| p.batches.concat()).collect();
+        let mut topics: Vec<ProduceTopic<'_>> = Vec::new();
+        for (p, records) in parts.iter().zip(&joined) {
+            let entry = ProducePartition {
+                partition: p.partition,
+                records: RawBytes(records),
+            };
+            match topics.last_mut() {
+                Some(t) if t.name == p.topic => t.partitions.push(entry),
+                _ => topics.push(ProduceTopic {
+                    name: p.topic,
+                    partitions: vec![entry],
+                }),
+            }
+        }
         let req = ProduceRequest {
-            acks: -1,
-            timeout_ms: 30_000,
-            topics: vec![
-                ProduceTopic {
-                    name: "orders",
-                    partitions: vec![
-                        ProducePartition {
-                            partition: 3,
-                            records: RawBytes(&joined),
-                        },
-                        ProducePartition {
-                            partition: 0,
-                            records: RawBytes(&c),
-                        },
-                    ],
-                },
-                ProduceTopic {
-                    name: "audit",
-                    partitions: vec![ProducePartition {
-                        partition: 1,
-                        records: RawBytes(&b),
-                    }],
-                },
-            ],
+            acks,
+            timeout_ms,
+            topics,
         };
-        let mut expected = BytesMut::new();
         let header = RequestHeader {
             api_key: ApiKey::Produce as u16,
             api_version: 0,
-            correlation_id: 77,
+            correlation_id: id,
         };
-        encode_request(&mut expected, &header, &req);
-        assert_eq!(gathered, &expected[..]);
+        let mut out = BytesMut::new();
+        encode_request(&mut out, &header, &req);
+        out.to_vec()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_gathers_to_the_generic_encoding(
+            id: u32,
+            acks in proptest::sample::select(vec![-1i8, 0, 1]),
+            timeout_ms: u32,
+            parts in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["a", "b", "orders"]),
+                    0u32..8,
+                    proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..4),
+                ),
+                0..6,
+            ),
+        ) {
+            let parts: Vec<PartitionBatches<'_>> = parts
+                .iter()
+                .map(|(topic, partition, batches)| PartitionBatches {
+                    topic,
+                    partition: *partition,
+                    batches: batches.iter().map(|b| &b[..]).collect(),
+                })
+                .collect();
+            let frame = ProduceFrame::encode(id, acks, timeout_ms, &parts);
+            proptest::prop_assert_eq!(frame.parts().concat(), generic(id, acks, timeout_ms, &parts));
+        }
     }
 }
