@@ -302,19 +302,27 @@ impl Producer {
         inner.waiting_sends.fetch_add(1, Ordering::SeqCst);
         let _counted = WaitingSend(inner);
         let _order = inner.order.lock().await;
-        let mut memory = 0;
+        // Memory taken while waiting stays a permit until the record is buffered: an error or a
+        // cancelled call gives it back.
+        let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
         loop {
+            let memory = held.as_ref().map_or(0, |p| p.num_permits());
             match inner.enqueue(topic, partition, key, value, headers, memory)? {
-                Enqueued::Done(f) => return Ok(f),
+                Enqueued::Done(f) => {
+                    if let Some(p) = held {
+                        p.forget(); // now counted in the record's batch
+                    }
+                    return Ok(f);
+                }
                 Enqueued::NeedsMetadata => inner.refresh(topic).await?,
                 Enqueued::NeedsMemory(units) => {
-                    inner
-                        .memory
-                        .acquire_many(units)
-                        .await
-                        .map_err(|_| closed())?
-                        .forget();
-                    memory = units as usize;
+                    held = Some(
+                        inner
+                            .memory
+                            .acquire_many(units)
+                            .await
+                            .map_err(|_| closed())?,
+                    );
                 }
             }
         }
@@ -362,7 +370,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Inner {
     /// Buffers one record if metadata and memory allow, without waiting. `memory_held` is memory
-    /// the caller already took for it (0 if none).
+    /// the caller already took for it (0 if none); it becomes the batch's once `Done` is returned,
+    /// and stays the caller's otherwise.
     fn enqueue(
         &self,
         topic: &str,
@@ -446,7 +455,9 @@ impl Inner {
             if open.builder.is_empty() {
                 part.open = None; // no record, no future: an empty batch must never be closed
             }
-            self.memory.add_permits(memory);
+            if memory_held < memory {
+                self.memory.add_permits(memory); // taken here (the caller returns what it held)
+            }
             return Err(ClientError::Protocol(e.to_string()));
         }
         let index = (open.builder.len() - 1) as u32;
