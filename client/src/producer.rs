@@ -581,10 +581,12 @@ impl Inner {
             Ok(Some(resp)) => answers_in_order(&work, resp),
             Err(e) => work.iter().map(|_| Err(clone_error(&e))).collect(),
         };
-        let mut retry = Vec::new();
+        let mut any_retry = false;
         for (w, result) in work.into_iter().zip(results) {
+            let mut back = Vec::new();
             match result {
                 Ok(base) => {
+                    // A partition's batches were appended back to back.
                     let mut offset = base;
                     for b in w.batches {
                         let count = b.count;
@@ -593,26 +595,18 @@ impl Inner {
                             offset += count;
                         }
                     }
-                    self.end_flight(&w.topic, w.partition, Vec::new());
                 }
-                Err(e) if retriable(&e) => retry.push((w, e)),
                 Err(e) => {
-                    for b in w.batches {
-                        self.settle(b, Err(clone_error(&e)));
+                    let retry = retriable(&e);
+                    any_retry |= retry;
+                    for mut b in w.batches {
+                        b.attempts += 1;
+                        if retry && b.attempts <= self.config.retries {
+                            back.push(b);
+                        } else {
+                            self.settle(b, Err(clone_error(&e)));
+                        }
                     }
-                    self.end_flight(&w.topic, w.partition, Vec::new());
-                }
-            }
-        }
-        let any_retry = !retry.is_empty();
-        for (w, e) in retry {
-            let mut back = Vec::new();
-            for mut b in w.batches {
-                b.attempts += 1;
-                if b.attempts > self.config.retries {
-                    self.settle(b, Err(clone_error(&e)));
-                } else {
-                    back.push(b);
                 }
             }
             self.end_flight(&w.topic, w.partition, back);
