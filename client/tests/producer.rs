@@ -305,3 +305,67 @@ async fn dropping_the_producer_fails_the_records_it_still_held() {
         .expect("the future resolves instead of hanging");
     assert!(outcome.is_err(), "{outcome:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_after_a_broker_restart_are_retried_to_the_new_shard_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("restarted", 2, &[])
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        linger: Duration::from_millis(1),
+        retries: 20,
+        retry_backoff: Duration::from_millis(20),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(broker.addr(), config).await.unwrap();
+    let mut acked = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            // The shard listeners come back on new ports: the old connections fail, the batches
+            // are retried, and the metadata refresh routes them to the new listeners.
+            broker.restart(dir.path());
+        }
+        let mut acks = Vec::new();
+        for i in 0..500 {
+            let value = format!("round {round} record {i}");
+            let ack = producer
+                .begin_send(
+                    "restarted",
+                    None,
+                    Some(value.as_bytes()),
+                    value.as_bytes(),
+                    &[],
+                )
+                .await
+                .unwrap();
+            acks.push((value, ack));
+        }
+        for (value, ack) in acks {
+            let m = tokio::time::timeout(Duration::from_secs(30), ack)
+                .await
+                .expect("acknowledged in time")
+                .expect("acknowledged, after retries if need be");
+            acked.push((m.partition, m.offset, value));
+        }
+    }
+    producer.close().await.unwrap();
+    for partition in 0..2u32 {
+        let stored: BTreeMap<i64, Vec<u8>> = read_partition(broker.addr(), "restarted", partition)
+            .await
+            .into_iter()
+            .map(|(offset, _, value)| (offset, value))
+            .collect();
+        for (_, offset, value) in acked.iter().filter(|(p, _, _)| *p == partition) {
+            assert_eq!(
+                stored.get(offset).map(Vec::as_slice),
+                Some(value.as_bytes()),
+                "partition {partition} offset {offset}"
+            );
+        }
+    }
+}
