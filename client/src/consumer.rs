@@ -6,6 +6,7 @@
 //! (prefetch: it fills while the application works). A partition whose position fell out of range (retention) restarts from
 //! `ConsumerConfig::reset`. Committed offsets are "the next offset to read", as in Kafka.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,8 +51,8 @@ impl Default for ConsumerConfig {
 /// One record read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared by the records of a partition).
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: u32,
     /// Offset.
@@ -68,7 +69,7 @@ pub struct ConsumerRecord {
 
 #[derive(Debug, Clone)]
 struct Assignment {
-    topic: String,
+    topic: Arc<str>,
     partition: u32,
     position: i64,
     /// The listener of the shard that owns the partition.
@@ -78,7 +79,7 @@ struct Assignment {
 /// One partition of a fetch in flight, and the position it was asked from.
 #[derive(Debug)]
 struct Asked {
-    topic: String,
+    topic: Arc<str>,
     partition: u32,
     offset: i64,
 }
@@ -169,11 +170,11 @@ impl Consumer {
                 None => self.lookup(topic, partition, self.config.reset).await?,
             };
             self.assigned
-                .retain(|a| !(a.topic == topic && a.partition == partition));
+                .retain(|a| !(&*a.topic == topic && a.partition == partition));
             self.ready
-                .retain(|r| !(r.topic == topic && r.partition == partition));
+                .retain(|r| !(&*r.topic == topic && r.partition == partition));
             self.assigned.push(Assignment {
-                topic: topic.to_string(),
+                topic: topic.into(),
                 partition,
                 position,
                 addr: addr.clone(),
@@ -198,14 +199,14 @@ impl Consumer {
         let a = self
             .assigned
             .iter_mut()
-            .find(|a| a.topic == topic && a.partition == partition)
+            .find(|a| &*a.topic == topic && a.partition == partition)
             .ok_or_else(|| ClientError::Protocol(format!("{topic}-{partition} is not assigned")))?;
         if a.position != position {
             a.position = position;
             let addr = a.addr.clone();
             self.abandon_fetch(&addr);
             self.ready
-                .retain(|r| !(r.topic == topic && r.partition == partition));
+                .retain(|r| !(&*r.topic == topic && r.partition == partition));
         }
         Ok(())
     }
@@ -224,7 +225,7 @@ impl Consumer {
     pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
         self.assigned
             .iter()
-            .find(|a| a.topic == topic && a.partition == partition)
+            .find(|a| &*a.topic == topic && a.partition == partition)
             .map(|a| a.position)
     }
 
@@ -266,7 +267,7 @@ impl Consumer {
 
     /// Looks up the owner listener of every assigned partition again.
     async fn reroute(&mut self) -> Result<()> {
-        let mut topics: Vec<String> = self.assigned.iter().map(|a| a.topic.clone()).collect();
+        let mut topics: Vec<Arc<str>> = self.assigned.iter().map(|a| a.topic.clone()).collect();
         topics.dedup();
         for topic in topics {
             let routes = topic_routes(&mut self.conn, &self.bootstrap, &topic).await?;
@@ -334,10 +335,10 @@ impl Consumer {
                     fetch_offset: a.offset,
                     max_bytes: self.config.partition_max_bytes,
                 };
-                match topics.iter_mut().find(|t| t.name == a.topic) {
+                match topics.iter_mut().find(|t| *t.name == *a.topic) {
                     Some(t) => t.partitions.push(p),
                     None => topics.push(FetchTopic {
-                        name: a.topic.clone(),
+                        name: a.topic.to_string(),
                         partitions: vec![p],
                     }),
                 }
@@ -375,7 +376,7 @@ impl Consumer {
                 let Some(index) = self
                     .assigned
                     .iter()
-                    .position(|a| a.topic == t.name && a.partition == p.partition)
+                    .position(|a| *a.topic == *t.name && a.partition == p.partition)
                 else {
                     continue;
                 };
@@ -403,7 +404,8 @@ impl Consumer {
                 let mut data = p.records.0;
                 let bytes = |s: &[u8]| body.slice_ref(s);
                 while !data.is_empty() {
-                    let batch = RecordBatch::parse(data)
+                    // The CRC covers the records; iterating them checks each one as it decodes it.
+                    let batch = RecordBatch::parse_header_and_crc(data)
                         .map_err(|e| ClientError::Protocol(e.to_string()))?;
                     for record in batch
                         .records()
@@ -458,10 +460,10 @@ impl Consumer {
                 offset: a.position,
                 metadata: String::new(),
             };
-            match topics.iter_mut().find(|t| t.name == a.topic) {
+            match topics.iter_mut().find(|t| *t.name == *a.topic) {
                 Some(t) => t.partitions.push(p),
                 None => topics.push(CommitTopic {
-                    name: a.topic.clone(),
+                    name: a.topic.to_string(),
                     partitions: vec![p],
                 }),
             }

@@ -429,7 +429,7 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
             let line = if json {
-                json!({ "topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+                json!({ "topic": &*r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
                     "key": key, "value": value,
                     "headers": r.headers.iter().map(|(k, v)| json!([String::from_utf8_lossy(k), v.as_deref().map(String::from_utf8_lossy)])).collect::<Vec<_>>() })
                 .to_string()
