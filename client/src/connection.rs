@@ -24,7 +24,19 @@ use crate::error::{ClientError, Result};
 /// Largest request buffer kept for reuse between requests.
 const KEEP_OUT_BYTES: usize = 16 << 20;
 
-/// A connection to one broker listener.
+/// A connection to one broker listener, for requests the higher-level types do not make (any message
+/// of `docs/protocol.md`).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), mlog_client::ClientError> {
+/// use mlog_client::Connection;
+/// use mlog_wire::protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
+/// use mlog_wire::protocol::ApiKey;
+/// let mut conn = Connection::connect("127.0.0.1:9092").await?;
+/// let versions: ApiVersionsResponse = conn.request(ApiKey::ApiVersions, &ApiVersionsRequest {}).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,

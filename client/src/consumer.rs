@@ -185,6 +185,17 @@ impl Consumer {
     }
 
     /// Moves a partition's position.
+    ///
+    /// ```no_run
+    /// # async fn example(mut consumer: mlog_client::Consumer) -> Result<(), mlog_client::ClientError> {
+    /// use mlog_client::OffsetSpec;
+    /// // Replay the last hour of partition 0.
+    /// let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    /// let ms = hour_ago.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    /// consumer.seek("orders", 0, OffsetSpec::Timestamp(ms)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn seek(&mut self, topic: &str, partition: u32, to: OffsetSpec) -> Result<()> {
         let position = self.lookup(topic, partition, to).await?;
         self.set_position(topic, partition, position)

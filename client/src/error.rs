@@ -6,6 +6,18 @@ use mlog_wire::protocol::{DecodeError, ErrorCode, FrameError};
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// What went wrong talking to a broker.
+///
+/// ```no_run
+/// # async fn example(admin: mlog_client::Admin) {
+/// use mlog_client::{ClientError, ErrorCode};
+/// match admin.create_topic("orders", 3, &[]).await {
+///     Ok(()) => println!("created"),
+///     Err(ClientError::Broker { code: ErrorCode::TopicAlreadyExists, .. }) => println!("already there"),
+///     Err(e) if e.is_retriable() => println!("try again later: {e}"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The connection failed or closed.

@@ -64,6 +64,14 @@ impl Acks {
 }
 
 /// Producer settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use mlog_client::{Acks, ProducerConfig};
+/// // Lowest latency: send as soon as a partition has no request in flight, answered on append.
+/// let config = ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, ..ProducerConfig::default() };
+/// assert_eq!(config.batch_bytes, 256 << 10);
+/// ```
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Acknowledgement level.
