@@ -15,9 +15,9 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 use event_listener::Event;
 use glommio::sync::Semaphore;
-use mlog_storage::{Log, LogRead, StorageError};
+use mlog_storage::{Log, LogRead, StorageError, ValidBatch};
+use mlog_wire::peek_total_len;
 use mlog_wire::protocol::ErrorCode;
-use mlog_wire::RecordBatch;
 
 use crate::group_offsets::{Commit, GroupOffsets};
 
@@ -103,22 +103,22 @@ impl Partition {
             base_offset: -1,
             log_start_offset: self.log.log_start_offset() as i64,
         };
-        // Validate all first: a request is appended whole or refused whole.
-        let mut lengths = Vec::new();
-        let mut rest = &records[..];
-        while !rest.is_empty() {
-            match RecordBatch::parse(rest) {
-                Ok(b) if b.total_len() > self.log.config().max_batch_bytes => {
-                    return fail(ErrorCode::MessageTooLarge)
-                }
-                Ok(b) => {
-                    lengths.push(b.total_len());
-                    rest = &rest[b.total_len()..];
-                }
+        // Check all first (each batch once, every record): a request is appended whole or refused
+        // whole.
+        let mut batches = Vec::new();
+        while !records.is_empty() {
+            let len = match peek_total_len(&records) {
+                Ok(Some(len)) if len <= records.len() => len,
+                _ => return fail(ErrorCode::CorruptBatch),
+            };
+            if len > self.log.config().max_batch_bytes {
+                return fail(ErrorCode::MessageTooLarge);
+            }
+            match ValidBatch::check_records(records.split_to(len)) {
+                Ok(batch) => batches.push(batch),
                 Err(_) => return fail(ErrorCode::CorruptBatch),
             }
         }
-        let batches: Vec<BytesMut> = lengths.into_iter().map(|n| records.split_to(n)).collect();
         if batches.is_empty() {
             return fail(ErrorCode::CorruptBatch);
         }
@@ -127,7 +127,7 @@ impl Partition {
         };
         let mut base_offset = None;
         for batch in batches {
-            match self.log.append(batch).await {
+            match self.log.append_valid(batch).await {
                 Ok(info) => {
                     base_offset.get_or_insert(info.base_offset);
                 }

@@ -34,7 +34,9 @@ pub mod index;
 pub mod log;
 mod recovery;
 mod segment;
+mod valid_batch;
 
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, EpochEntry, Log, LogRead, ReadChunk, RecoveryStats};
+pub use valid_batch::ValidBatch;

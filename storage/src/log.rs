@@ -36,6 +36,7 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{IoContext, Result, StorageError};
 use crate::recovery::scan_batches;
 use crate::segment::{self, BatchMeta, Segment};
+use crate::valid_batch::ValidBatch;
 
 /// Group-commit rounds that may run at once. Rounds are independent (a later fdatasync covers every
 /// write completed before it was issued), so more than one is correct; measured on ext4 over a
@@ -407,13 +408,16 @@ impl Log {
         Ok(log)
     }
 
-    /// Appends a batch, assigning its offsets. Its header and CRC are validated here: that is what
-    /// recovery checks, so a batch that passes can never make recovery cut off the batches after it.
-    /// Its records are not walked (the broker validates client batches in full before appending). The batch's base offset field is
-    /// rewritten, and its partition leader epoch is set to the newest epoch of the history (if any);
-    /// nothing else is changed. Returns once the batch is buffered, or, with `FlushPolicy::Always`,
-    /// once an fdatasync covered it.
+    /// Appends a batch, assigning its offsets, after checking its header and CRC
+    /// (`ValidBatch::check`). The batch's base offset field is rewritten, and its partition leader
+    /// epoch is set to the newest epoch of the history (if any); nothing else is changed. Returns
+    /// once the batch is buffered, or, with `FlushPolicy::Always`, once an fdatasync covered it.
     pub async fn append(&self, batch: BytesMut) -> Result<AppendInfo> {
+        self.append_valid(ValidBatch::check(batch)?).await
+    }
+
+    /// `append` for a batch checked already (a broker checks every record of a client's batch).
+    pub async fn append_valid(&self, batch: ValidBatch) -> Result<AppendInfo> {
         self.append_inner(batch, None).await
     }
 
@@ -424,12 +428,13 @@ impl Log {
         batch: BytesMut,
         leader_epoch: i32,
     ) -> Result<AppendInfo> {
-        self.append_inner(batch, Some(leader_epoch)).await
+        self.append_inner(ValidBatch::check(batch)?, Some(leader_epoch))
+            .await
     }
 
     async fn append_inner(
         &self,
-        mut batch: BytesMut,
+        batch: ValidBatch,
         leader_epoch: Option<i32>,
     ) -> Result<AppendInfo> {
         let len = batch.len();
@@ -439,13 +444,10 @@ impl Log {
                 limit: self.config.max_batch_bytes,
             });
         }
-        let header = *RecordBatch::parse_header_and_crc(&batch)?.header();
-        if header.total_len() != len {
-            return Err(StorageError::BatchLengthMismatch {
-                declared: header.total_len(),
-                actual: len,
-            });
-        }
+        let ValidBatch {
+            bytes: mut batch,
+            header,
+        } = batch;
         let _permit = self
             .append_lock
             .acquire_permit(1)

@@ -37,6 +37,8 @@ impl Broker {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // The broker's log goes to the test's stderr, which the runner shows on failure.
+                eprintln!("[broker] {line}");
                 if !line.contains("mlog-broker listening") {
                     continue;
                 }
