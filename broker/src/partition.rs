@@ -10,7 +10,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bytes::BytesMut;
 use event_listener::Event;
@@ -35,6 +35,9 @@ pub(crate) struct Partition {
     /// Serializes produce requests' appends, so a request's batches are contiguous and rolling
     /// them back can never take another request's batches with them.
     pub produce_lock: Semaphore,
+    /// Where the request appending now started: the high watermark stays below it until the request
+    /// is appended whole, so no consumer can read batches that a failed append rolls back.
+    pub appending_from: Cell<Option<u64>>,
 }
 
 /// Acknowledgement levels of a produce request.
@@ -94,6 +97,23 @@ pub(crate) fn storage_error_code(e: &StorageError) -> ErrorCode {
     }
 }
 
+/// Marks a request as appending (see `Partition::appending_from`) until dropped, also when the
+/// request's future is.
+struct Appending<'a>(&'a Cell<Option<u64>>);
+
+impl<'a> Appending<'a> {
+    fn start(cell: &'a Cell<Option<u64>>, from: u64) -> Self {
+        cell.set(Some(from));
+        Appending(cell)
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
+}
+
 impl Partition {
     /// Appends every batch in `records` (one or more back to back), answering by `acks`. The batches
     /// are split off `records` without copying.
@@ -125,21 +145,26 @@ impl Partition {
         let Ok(permit) = self.produce_lock.acquire_permit(1).await else {
             return fail(ErrorCode::ShuttingDown);
         };
+        let start = self.log.log_end_offset();
         let mut base_offset = None;
-        for batch in batches {
-            match self.log.append_valid(batch).await {
-                Ok(info) => {
-                    base_offset.get_or_insert(info.base_offset);
-                }
-                Err(e) => {
-                    if let Some(first) = base_offset {
-                        // Undo the batches of this request already appended: the client is told
-                        // nothing was stored, so nothing may be (a retry would duplicate them).
-                        if let Err(undo) = self.log.truncate_suffix(first).await {
-                            tracing::error!(error = %undo, "rolling back a partial produce failed");
-                        }
+        {
+            let _appending = Appending::start(&self.appending_from, start);
+            for batch in batches {
+                match self.log.append_valid(batch).await {
+                    Ok(info) => {
+                        base_offset.get_or_insert(info.base_offset);
                     }
-                    return fail(storage_error_code(&e));
+                    Err(e) => {
+                        if self.log.log_end_offset() > start {
+                            // Undo what this request appended (a failed append may have applied
+                            // its batch, too): the client is told nothing was stored, so nothing
+                            // may be (a retry would duplicate it).
+                            if let Err(undo) = self.log.truncate_suffix(start).await {
+                                tracing::error!(error = %undo, "rolling back a partial produce failed");
+                            }
+                        }
+                        return fail(storage_error_code(&e));
+                    }
                 }
             }
         }
@@ -169,8 +194,13 @@ impl Partition {
         }
     }
 
-    /// Raises the high watermark (never past the log end) and wakes waiting fetches.
+    /// Raises the high watermark (never past the log end, nor into a request still appending) and
+    /// wakes waiting fetches.
     fn advance_high_watermark(&self, offset: u64) {
+        let offset = self
+            .appending_from
+            .get()
+            .map_or(offset, |start| offset.min(start));
         if offset > self.log.high_watermark() {
             self.log.set_high_watermark(offset);
             self.appended.notify(usize::MAX);

@@ -286,6 +286,7 @@ impl Shard {
                         groups,
                         commit_lock: Semaphore::new(1),
                         produce_lock: Semaphore::new(1),
+                        appending_from: Cell::new(None),
                     };
                     self.partitions.borrow_mut().insert(key, Rc::new(partition));
                 }

@@ -212,13 +212,15 @@ impl Consumer {
             .iter_mut()
             .find(|a| &*a.topic == topic && a.partition == partition)
             .ok_or_else(|| ClientError::Protocol(format!("{topic}-{partition} is not assigned")))?;
-        if a.position != position {
-            a.position = position;
+        let moved = a.position != position;
+        a.position = position;
+        if moved {
             let addr = a.addr.clone();
             self.abandon_fetch(&addr);
-            self.ready
-                .retain(|r| !(&*r.topic == topic && r.partition == partition));
         }
+        // Records held back from a cancelled poll came from the old position.
+        self.ready
+            .retain(|r| !(&*r.topic == topic && r.partition == partition));
         Ok(())
     }
 
@@ -237,7 +239,17 @@ impl Consumer {
         self.assigned
             .iter()
             .find(|a| &*a.topic == topic && a.partition == partition)
-            .map(|a| a.position)
+            .map(|a| self.delivered(a))
+    }
+
+    /// The position the application has seen up to: the fetch position, or the first record held
+    /// back from a cancelled poll (it will come with the next one) if that is earlier.
+    fn delivered(&self, a: &Assignment) -> i64 {
+        self.ready
+            .iter()
+            .filter(|r| r.topic == a.topic && r.partition == a.partition)
+            .map(|r| r.offset)
+            .fold(a.position, i64::min)
     }
 
     async fn lookup(&mut self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<i64> {
@@ -461,14 +473,14 @@ impl Consumer {
         Ok(out)
     }
 
-    /// Stores the current positions as the group's committed offsets.
+    /// Stores the current positions (`position`) as the group's committed offsets.
     pub async fn commit(&mut self) -> Result<()> {
         let group = self.group()?;
         let mut topics: Vec<CommitTopic> = Vec::new();
         for a in &self.assigned {
             let p = CommitPartition {
                 partition: a.partition,
-                offset: a.position,
+                offset: self.delivered(a),
                 metadata: String::new(),
             };
             match topics.iter_mut().find(|t| *t.name == *a.topic) {
