@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::Broker;
-use mlog_client::{Admin, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig};
+use mlog_client::{Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig};
 
 async fn consume_until(consumer: &mut Consumer, count: usize) -> Vec<mlog_client::ConsumerRecord> {
     let mut out = Vec::new();
@@ -26,12 +26,7 @@ async fn consume_until(consumer: &mut Consumer, count: usize) -> Vec<mlog_client
 async fn consumers_read_everything_in_order_resume_from_commits_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path());
-    Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic("c", 3, &[])
-        .await
-        .unwrap();
+    broker.create_topic("c", 3).await;
     let producer = Producer::connect(broker.addr(), ProducerConfig::default())
         .await
         .unwrap();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::Broker;
-use mlog_client::{Acks, Admin, Connection, Producer, ProducerConfig};
+use mlog_client::{Acks, Connection, Producer, ProducerConfig};
 use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::ApiKey;
 use mlog_wire::RecordBatch;
@@ -58,12 +58,7 @@ async fn read_partition(addr: &str, topic: &str, partition: u32) -> Vec<(i64, Ve
 async fn records_are_batched_partitioned_by_key_and_acknowledged_with_their_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic("keyed", 4, &[])
-        .await
-        .unwrap();
+    broker.create_topic("keyed", 4).await;
     let config = ProducerConfig {
         linger: Duration::from_millis(2),
         batch_bytes: 4096,
@@ -123,12 +118,7 @@ async fn records_are_batched_partitioned_by_key_and_acknowledged_with_their_offs
 async fn a_small_buffer_applies_back_pressure_instead_of_growing() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic("bp", 2, &[])
-        .await
-        .unwrap();
+    broker.create_topic("bp", 2).await;
     let config = ProducerConfig {
         buffer_bytes: 16 << 10,
         batch_bytes: 4 << 10,
@@ -170,12 +160,7 @@ async fn a_small_buffer_applies_back_pressure_instead_of_growing() {
 async fn records_of_a_partition_keep_their_send_order_across_many_batches() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic("ordered", 1, &[])
-        .await
-        .unwrap();
+    broker.create_topic("ordered", 1).await;
     // Tiny batches: thousands of them, each dispatched as soon as it fills.
     let config = ProducerConfig {
         batch_bytes: 300,
@@ -208,12 +193,7 @@ async fn records_of_a_partition_keep_their_send_order_across_many_batches() {
 async fn a_stalled_broker_blocks_sends_at_the_memory_bound_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic("slow", 1, &[])
-        .await
-        .unwrap();
+    broker.create_topic("slow", 1).await;
     let config = ProducerConfig {
         buffer_bytes: 64 << 10,
         batch_bytes: 8 << 10,
@@ -284,12 +264,7 @@ async fn a_stalled_broker_blocks_sends_at_the_memory_bound_and_loses_nothing() {
 async fn dropping_the_producer_fails_the_records_it_still_held() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic("dropped", 1, &[])
-        .await
-        .unwrap();
+    broker.create_topic("dropped", 1).await;
     let config = ProducerConfig {
         linger: Duration::from_secs(600), // the batch stays open until the producer goes
         ..ProducerConfig::default()
@@ -310,12 +285,7 @@ async fn dropping_the_producer_fails_the_records_it_still_held() {
 async fn sends_after_a_broker_restart_are_retried_to_the_new_shard_listeners() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path());
-    Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic("restarted", 2, &[])
-        .await
-        .unwrap();
+    broker.create_topic("restarted", 2).await;
     let config = ProducerConfig {
         linger: Duration::from_millis(1),
         retries: 20,

@@ -68,6 +68,16 @@ impl Broker {
         assert!(ok, "kill {signal}");
     }
 
+    /// Creates a topic with the default configuration (the test fails if that fails).
+    pub async fn create_topic(&self, name: &str, partitions: u32) {
+        mlog_client::Admin::connect(self.addr())
+            .await
+            .expect("admin connects")
+            .create_topic(name, partitions, &[])
+            .await
+            .expect("topic created");
+    }
+
     /// The broker's address.
     pub fn addr(&self) -> &str {
         &self.1
