@@ -50,8 +50,14 @@ impl Drop for SmallDisk {
 fn batch(i: usize) -> Vec<u8> {
     let mut b = RecordBatchBuilder::new();
     let value = vec![(i % 251) as u8; 64 << 10];
+    // Current timestamps: a roll applies age retention, which would delete 1970's records.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     for r in 0..4 {
-        b.push(NewRecord::new(r, None, Some(&value))).unwrap();
+        b.push(NewRecord::new(now_ms + r, None, Some(&value)))
+            .unwrap();
     }
     b.build().unwrap()
 }

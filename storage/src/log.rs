@@ -179,6 +179,25 @@ struct State {
     syncs_running: usize,
     /// The log end the newest started round covers.
     sync_covering: u64,
+    /// A retired segment file the next roll reuses (`LogConfig::recycle_segments`). It holds stale
+    /// batches of offsets below the log start, which no scan accepts after newer data: a scan wants
+    /// each batch to continue the offsets before it, and offsets only grow (`restart_at`, the one
+    /// way down, deletes the spare first).
+    spare: Option<Spare>,
+}
+
+/// A retired segment file kept for reuse.
+struct Spare {
+    path: PathBuf,
+    /// The retired segment's open file, while this log still has it open: a read that began before
+    /// the segment was retired holds a clone, and the file is not reused (overwritten) under it.
+    file: Option<Rc<glommio::io::DmaFile>>,
+}
+
+impl Spare {
+    fn in_use(&self) -> bool {
+        self.file.as_ref().is_some_and(|f| Rc::strong_count(f) > 1)
+    }
 }
 
 impl State {
@@ -252,7 +271,15 @@ impl Log {
             }
         }
         crate::dma_probe::ensure_probed(&dir).await?;
-        let bases = list_segments(&dir)?;
+        let (bases, mut spares) = list_segments(&dir)?;
+        let spare = if config.recycle_segments {
+            spares.pop().map(|path| Spare { path, file: None })
+        } else {
+            None
+        };
+        for path in spares {
+            std::fs::remove_file(&path).ctx("removing spare segment", &path)?;
+        }
         let clean = read_clean_shutdown(&dir)?;
         let recovery_point = read_u64(&dir, Kind::RecoveryPoint)?.unwrap_or(0);
         let mut log_start = read_u64(&dir, Kind::LogStartOffset)?.unwrap_or(0);
@@ -394,6 +421,7 @@ impl Log {
                 syncs: 0,
                 syncs_running: 0,
                 sync_covering: log_end,
+                spare,
             }),
             append_lock: Semaphore::new(1),
             sync_done: Event::new(),
@@ -561,10 +589,19 @@ impl Log {
         Ok(())
     }
 
-    /// Creates an empty segment at `base`, ready for appends.
+    /// Creates an empty segment at `base`, ready for appends, in the spare file if there is one (its
+    /// stale bytes are never read: the segment's size starts at 0). The caller syncs the directory.
     async fn new_active_segment(&self, base: u64) -> Result<Segment> {
         // Files left by an earlier failed attempt at this base must not lend it stale entries.
         remove_segment_files(&self.dir, base)?;
+        let spare = {
+            let mut st = self.st.borrow_mut();
+            st.spare.take_if(|s| !s.in_use())
+        };
+        if let Some(spare) = spare {
+            let log_path = segment::file_path(&self.dir, base, segment::LOG_SUFFIX);
+            std::fs::rename(&spare.path, &log_path).ctx("reusing spare segment", &spare.path)?;
+        }
         let mut seg = Segment::open(&self.dir, base, self.config.index_max_bytes, true).await?;
         let appender = Appender::new(
             seg.file.clone(),
@@ -605,8 +642,14 @@ impl Log {
         // and its indexes their sync.
         checkpoint::sync_dir(&self.dir)?;
         self.start_round();
-        let _round = RoundGuard(self);
-        self.sync_all().await
+        {
+            let _round = RoundGuard(self);
+            self.sync_all().await?;
+        }
+        // Retention at the roll keeps a log at its limit from growing by more than one segment
+        // between periodic checks, and hands the next roll a spare file to reuse.
+        self.apply_retention(SystemTime::now()).await?;
+        Ok(())
     }
 
     async fn preallocate_for(&self, len: u64) -> Result<()> {
@@ -1112,6 +1155,10 @@ impl Log {
         for b in segment_bases_on_disk(&self.dir)? {
             remove_segment_files(&self.dir, b)?;
         }
+        // The new offsets may be lower than the spare's stale ones: it must not be reused.
+        if let Some(spare) = self.st.borrow_mut().spare.take() {
+            std::fs::remove_file(&spare.path).ctx("removing spare segment", &spare.path)?;
+        }
         checkpoint::sync_dir(&self.dir)?;
         let seg = self.new_active_segment(offset).await?;
         {
@@ -1155,13 +1202,18 @@ impl Log {
     }
 
     /// Applies `retention_bytes` and `retention_ms` (measured against `now`), deleting whole sealed
-    /// segments from the oldest. Returns the number deleted.
+    /// segments from the oldest. Returns the number deleted. Every roll also does this.
     pub async fn enforce_retention(&self, now: SystemTime) -> Result<usize> {
         let _permit = self
             .append_lock
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
+        self.apply_retention(now).await
+    }
+
+    /// `enforce_retention` for a holder of `append_lock`.
+    async fn apply_retention(&self, now: SystemTime) -> Result<usize> {
         let now_ms = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -1212,7 +1264,7 @@ impl Log {
         }
         // The new start is durable before any file goes, so a crash can't resurrect deleted data.
         self.persist(Kind::LogStartOffset).await?;
-        let doomed: Vec<u64> = {
+        let (doomed, kept) = {
             let mut st = self.st.borrow_mut();
             let last = st.active().base_offset;
             let doomed: Vec<u64> = st
@@ -1226,11 +1278,21 @@ impl Log {
                 })
                 .map(|s| s.base_offset)
                 .collect();
+            let mut newest = None;
             for b in &doomed {
-                st.segments.remove(b);
+                newest = st.segments.remove(b);
             }
-            doomed
+            let keep = self.config.recycle_segments && st.spare.is_none();
+            (doomed, newest.filter(|_| keep))
         };
+        if let Some(seg) = kept {
+            let to = segment::file_path(&self.dir, seg.base_offset, segment::SPARE_SUFFIX);
+            std::fs::rename(&seg.log_path, &to).ctx("keeping spare segment", &seg.log_path)?;
+            self.st.borrow_mut().spare = Some(Spare {
+                path: to,
+                file: Some(seg.file),
+            });
+        }
         for b in &doomed {
             remove_segment_files(&self.dir, *b)?;
         }
@@ -1692,10 +1754,11 @@ fn segment_bases_on_disk(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
-/// At open: lists segment base offsets, removing leftover temp files and orphan indexes, and
-/// refusing files the log does not know.
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+/// At open: lists segment base offsets and spare segment files (both sorted by base offset),
+/// removing leftover temp files and orphan indexes, and refusing files the log does not know.
+fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<PathBuf>)> {
     let mut logs = Vec::new();
+    let mut spares = Vec::new();
     let mut indexes = Vec::new();
     for entry in std::fs::read_dir(dir).ctx("listing log directory", dir)? {
         let entry = entry.ctx("listing log directory", dir)?;
@@ -1713,6 +1776,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         }
         match segment::parse_file_name(name) {
             Some((base, segment::LOG_SUFFIX)) if path.is_file() => logs.push(base),
+            Some((base, segment::SPARE_SUFFIX)) if path.is_file() => spares.push((base, path)),
             Some((base, _)) if path.is_file() => indexes.push((base, path)),
             _ => return Err(StorageError::ForeignFile(path)),
         }
@@ -1723,7 +1787,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
             std::fs::remove_file(&path).ctx("removing orphan index", &path)?;
         }
     }
-    Ok(logs)
+    spares.sort_unstable();
+    Ok((logs, spares.into_iter().map(|(_, p)| p).collect()))
 }
 
 fn remove_segment_files(dir: &Path, base: u64) -> Result<()> {

@@ -22,6 +22,8 @@ use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 pub(crate) const LOG_SUFFIX: &str = "log";
 pub(crate) const INDEX_SUFFIX: &str = "index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// A retired segment's `.log` file kept for reuse by the next roll (see `LogConfig::recycle_segments`).
+pub(crate) const SPARE_SUFFIX: &str = "spare";
 
 /// `dir/00000000000000000042.<suffix>`.
 pub(crate) fn file_path(dir: &Path, base_offset: u64, suffix: &str) -> PathBuf {
@@ -34,7 +36,7 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(u64, &str)> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let suffix = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX]
+    let suffix = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, SPARE_SUFFIX]
         .into_iter()
         .find(|s| *s == suffix)?;
     Some((stem.parse().ok()?, suffix))

@@ -158,9 +158,12 @@ fn retention_deletes_whole_segments_only() {
             retention_bytes: Some(200 << 10),
             ..small_config()
         };
-        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        // Written without a limit (a roll applies retention too), then reopened with one.
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         let written = append_random(&log, &mut rng, 2000, 0).await;
+        log.close().await.unwrap();
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
         let before = log.segment_bases();
         let deleted = log.enforce_retention(SystemTime::UNIX_EPOCH).await.unwrap();
         assert!(deleted > 0);
@@ -193,6 +196,98 @@ fn retention_deletes_whole_segments_only() {
         log_aged.close().await.unwrap();
         let log = Log::open(dir.path(), config).await.unwrap();
         assert_eq!(log.log_start_offset(), target);
+    });
+}
+
+fn files_with_suffix(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+/// Appends `n` batches of one fixed size (so a recycled file's stale batches start exactly where
+/// new data ends), returning (base offset, stored bytes) of each.
+async fn append_fixed(log: &Log, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let b = batch(i as u64 % 10, 4, 1000, 0);
+        let info = log.append(bytes(&b)).await.expect("append");
+        out.push((info.base_offset, as_stored(&b, info.base_offset)));
+    }
+    out
+}
+
+#[test]
+fn retired_segment_files_are_reused_and_their_stale_batches_never_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        retention_bytes: Some(128 << 10),
+        ..small_config()
+    };
+    let written = run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        let mut written = Vec::new();
+        let mut reused = 0;
+        for _ in 0..20 {
+            // Append until a roll: it takes the spare (if any), and its retention leaves a new one.
+            let spare = files_with_suffix(dir.path(), "spare");
+            assert!(spare.len() <= 1, "at most one spare: {spare:?}");
+            let spare_inode = spare.first().map(|p| inode(p));
+            let active = log.segment_bases().last().copied();
+            while log.segment_bases().last().copied() == active {
+                written.extend(append_fixed(&log, 1).await);
+            }
+            let new_active = files_with_suffix(dir.path(), "log").pop().unwrap();
+            if spare_inode == Some(inode(&new_active)) {
+                reused += 1;
+            }
+        }
+        assert!(reused >= 15, "rolls reused spare files: {reused} of 20");
+        // A few durable appends into the recycled active segment, then an unclean stop.
+        written.extend(append_fixed(&log, 3).await);
+        log.flush().await.unwrap();
+        let start = log.log_start_offset();
+        written.retain(|(b, _)| *b >= start);
+        written
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        let start = log.log_start_offset();
+        assert_eq!(start, written[0].0);
+        assert_eq!(read_all(&log, start, 1 << 16).await, written);
+        let end = log.log_end_offset();
+        let more = append_fixed(&log, 2).await;
+        assert_eq!(more[0].0, end, "appends continue the recovered log");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_restart_below_the_log_start_deletes_the_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        retention_bytes: Some(128 << 10),
+        ..small_config()
+    };
+    run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        while files_with_suffix(dir.path(), "spare").is_empty() {
+            append_fixed(&log, 1).await;
+        }
+        // Offsets restart at 0, below the spare's stale ones: that file must never be reused.
+        log.truncate_suffix(0).await.unwrap();
+        assert!(files_with_suffix(dir.path(), "spare").is_empty());
+        let written = append_fixed(&log, 40).await;
+        assert_eq!(written[0].0, 0);
+        assert_eq!(read_all(&log, 0, 1 << 16).await, written);
     });
 }
 

@@ -70,6 +70,8 @@ pub fn small_config() -> LogConfig {
         preallocate_bytes: 32 << 10,
         max_batch_bytes: 32 << 10,
         flush: FlushPolicy::Never,
+        // Test records carry 1970 timestamps: age retention (a roll applies it) would delete them.
+        retention_ms: None,
         ..LogConfig::default()
     }
 }
