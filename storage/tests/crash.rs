@@ -278,6 +278,18 @@ fn batches_larger_than_the_scan_window_are_validated_and_cut_when_damaged() {
 // ---- kill -9 of a real writer process ----
 
 const CHILD_ENV: &str = "MLOG_CRASH_CHILD_DIR";
+/// Set for the recycling variant: the child's log keeps only ~128 KiB, so its rolls reuse the files
+/// of the segments retention deletes.
+const RETAIN_ENV: &str = "MLOG_CRASH_RETAIN";
+
+/// The log configuration of the kill test's child (and of its checks).
+fn kill_test_config(retain: bool) -> LogConfig {
+    LogConfig {
+        flush: FlushPolicy::Always,
+        retention_bytes: retain.then_some(128 << 10),
+        ..small_config()
+    }
+}
 
 fn child_batch(task: u64, seq: u64) -> Vec<u8> {
     batch(
@@ -297,12 +309,9 @@ fn crash_child_writer() {
         return;
     };
     let round: u64 = std::env::var("MLOG_CRASH_ROUND").unwrap().parse().unwrap();
+    let retain = std::env::var(RETAIN_ENV).is_ok();
     run(|| async move {
-        let config = LogConfig {
-            flush: FlushPolicy::Always,
-            ..small_config()
-        };
-        let log = Log::open(&dir, config).await.unwrap();
+        let log = Log::open(&dir, kill_test_config(retain)).await.unwrap();
         let tasks: Vec<_> = (0..4u64)
             .map(|t| {
                 let log = Rc::clone(&log);
@@ -323,7 +332,19 @@ fn crash_child_writer() {
 
 #[test]
 fn kill_9_never_loses_acknowledged_batches() {
+    kill_9_rounds(false);
+}
+
+/// The same with retention at work, so appends land in recycled segment files, over the stale
+/// batches of older segments.
+#[test]
+fn kill_9_never_loses_acknowledged_batches_in_recycled_segments() {
+    kill_9_rounds(true);
+}
+
+fn kill_9_rounds(retain: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let mut log_start = 0;
     let mut acked: Vec<(u64, u64, u64)> = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     for round in 0..6u64 {
@@ -337,6 +358,14 @@ fn kill_9_never_loses_acknowledged_batches() {
             ])
             .env(CHILD_ENV, dir.path())
             .env("MLOG_CRASH_ROUND", round.to_string())
+            .env(
+                if retain {
+                    RETAIN_ENV
+                } else {
+                    "MLOG_CRASH_NO_RETAIN"
+                },
+                "1",
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -368,14 +397,29 @@ fn kill_9_never_loses_acknowledged_batches() {
         // Every acknowledged batch is present and intact, and offsets are contiguous.
         let acked_now = acked.clone();
         let path = dir.path().to_path_buf();
-        run(|| async move {
-            let log = Log::open(&path, small_config()).await.unwrap();
+        let start = run(|| async move {
+            let log = Log::open(&path, kill_test_config(retain)).await.unwrap();
             let all = read_all(&log).await;
             for w in all.windows(2) {
                 let first = mlog_wire::RecordBatch::parse(&w[0].1).unwrap();
                 assert_eq!(first.next_offset() as u64, w[1].0, "offsets contiguous");
             }
-            for (offset, task, seq) in &acked_now {
+            let start = log.log_start_offset();
+            if retain {
+                let spares = std::fs::read_dir(&path)
+                    .unwrap()
+                    .filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .path()
+                            .extension()
+                            .is_some_and(|x| x == "spare")
+                    })
+                    .count();
+                assert!(spares <= 1, "one spare at most, not {spares}");
+            }
+            // Retention may have deleted the oldest acknowledged batches, and only those.
+            for (offset, task, seq) in acked_now.iter().filter(|(o, _, _)| *o >= start) {
                 let r = log.read(*offset, 1).await.unwrap();
                 assert_eq!(
                     r.to_vec(),
@@ -383,8 +427,11 @@ fn kill_9_never_loses_acknowledged_batches() {
                     "acked batch at {offset}"
                 );
             }
+            start
         });
+        log_start = log_start.max(start);
     }
+    assert!(!retain || log_start > 0, "retention never ran");
     assert!(
         acked.len() > 20,
         "only {} batches acknowledged in all rounds",

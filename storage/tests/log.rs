@@ -213,12 +213,16 @@ fn inode(path: &std::path::Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
 }
 
-/// Appends `n` batches of one fixed size (so a recycled file's stale batches start exactly where
-/// new data ends), returning (base offset, stored bytes) of each.
+/// Appends `n` batches of exactly one 4 KiB block each, returning (base offset, stored bytes) of
+/// each. New data then always ends on a block boundary (no zero padding after it) where a stale
+/// batch of a recycled file begins: the case recovery must not mistake for more data.
 async fn append_fixed(log: &Log, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let value_bytes = (3900..4096)
+        .find(|&v| batch(0, 1, v, 0).len() == 4096)
+        .expect("a value size that makes a 4 KiB batch");
     let mut out = Vec::new();
     for i in 0..n {
-        let b = batch(i as u64 % 10, 4, 1000, 0);
+        let b = batch(i as u64 % 10, 1, value_bytes, 0);
         let info = log.append(bytes(&b)).await.expect("append");
         out.push((info.base_offset, as_stored(&b, info.base_offset)));
     }
