@@ -217,9 +217,12 @@ fn inode(path: &std::path::Path) -> u64 {
 /// each. New data then always ends on a block boundary (no zero padding after it) where a stale
 /// batch of a recycled file begins: the case recovery must not mistake for more data.
 async fn append_fixed(log: &Log, n: usize) -> Vec<(u64, Vec<u8>)> {
-    let value_bytes = (3900..4096)
-        .find(|&v| batch(0, 1, v, 0).len() == 4096)
-        .expect("a value size that makes a 4 KiB batch");
+    static VALUE_BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let value_bytes = *VALUE_BYTES.get_or_init(|| {
+        (3900..4096)
+            .find(|&v| batch(0, 1, v, 0).len() == 4096)
+            .expect("a value size that makes a 4 KiB batch")
+    });
     let mut out = Vec::new();
     for i in 0..n {
         let b = batch(i as u64 % 10, 1, value_bytes, 0);
