@@ -3,6 +3,11 @@
 //! Exit codes: 0 after a clean stop, 1 when a shard failed, 2 for a configuration or startup error
 //! (bad flag or file, data directory or port in use), each reported as one line on stderr.
 
+/// Receive buffers and cached batches are large, short-lived and freed far from where they were
+/// allocated; mimalloc keeps such memory mapped for reuse instead of returning and re-faulting it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod config;
 mod connection;
 mod dispatch;
