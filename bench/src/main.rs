@@ -6,15 +6,19 @@
 //! * `e2e`: producers and consumers at once; latency is producer-send to consumer-receive, taken
 //!   from the send time each record carries in its first 8 bytes (one machine, one clock).
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use futures_util::FutureExt;
 use hdrhistogram::Histogram;
 use mlog_client::{
     Acks, Admin, ClientError, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig,
+    SendFuture,
 };
 use serde_json::json;
 
@@ -292,13 +296,117 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Hands every output of `pending` that is ready now to `f`, without waiting.
-fn drain_ready<F: std::future::Future>(
-    pending: &mut futures_util::stream::FuturesUnordered<F>,
-    mut f: impl FnMut(F::Output),
-) {
-    while let Some(Some(out)) = futures_util::StreamExt::next(pending).now_or_never() {
-        f(out);
+/// Records sent at once share one clock reading (their send time, taken before the first of them,
+/// so a record's latency can only be overstated, by at most the burst's sending time).
+const MAX_SEND_BURST: u64 = 64;
+
+/// A record in flight, with what its acknowledgement is measured against.
+struct Pending {
+    ack: SendFuture,
+    /// When the record was sent (or, with `--rate`, due).
+    sent_at: Instant,
+    /// Sent after the warm-up: counted and timed.
+    counted: bool,
+    len: usize,
+}
+
+/// Records in flight, one FIFO per partition. A partition's records are acknowledged in the order
+/// they were sent, so only the front of each FIFO needs watching: no future, allocation or wakeup
+/// per record, which at a million records a second would cost the machine the broker shares.
+#[derive(Default)]
+struct InFlight {
+    queues: Vec<VecDeque<Pending>>,
+    len: usize,
+}
+
+impl InFlight {
+    fn push(&mut self, p: Pending) {
+        let i = p.ack.partition() as usize;
+        if self.queues.len() <= i {
+            self.queues.resize_with(i + 1, VecDeque::new);
+        }
+        self.queues[i].push_back(p);
+        self.len += 1;
+    }
+
+    /// Waits until a record is done, then hands every record that is done to `tally`, with one
+    /// clock reading for all (a batch's records complete together). Cancellation-safe.
+    async fn settle(&mut self, tally: &mut Tally) {
+        if self.len == 0 {
+            return;
+        }
+        std::future::poll_fn(|cx| {
+            let mut any = false;
+            for q in &mut self.queues {
+                if let Some(front) = q.front_mut() {
+                    any |= Pin::new(&mut front.ack).poll(cx).is_ready();
+                }
+            }
+            if any {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        let acked = Instant::now();
+        // The fronts were polled with the task's waker just above and will be again before it
+        // sleeps: a no-op waker here loses nothing.
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        for q in &mut self.queues {
+            while let Some(front) = q.front_mut() {
+                let Poll::Ready(result) = Pin::new(&mut front.ack).poll(&mut cx) else {
+                    break;
+                };
+                let p = q.pop_front().expect("a front");
+                self.len -= 1;
+                tally.add(&p, result.is_ok(), acked);
+            }
+        }
+        tally.publish();
+    }
+}
+
+/// One producer's acknowledgements: latencies and counts, published to the shared `Stats` once
+/// per burst of acknowledgements rather than once per record.
+struct Tally {
+    h: Histogram<u64>,
+    /// Time and count records (produce mode); in e2e mode the consumers do.
+    record: bool,
+    stats: Arc<Stats>,
+    measure_from: Instant,
+    messages: u64,
+    bytes: u64,
+    errors: u64,
+    last: Option<Instant>,
+}
+
+impl Tally {
+    fn add(&mut self, p: &Pending, ok: bool, acked: Instant) {
+        if !ok {
+            self.errors += 1;
+        } else if p.counted && self.record {
+            self.messages += 1;
+            self.bytes += p.len as u64;
+            self.last = Some(acked);
+            let latency = acked.saturating_duration_since(p.sent_at).as_micros() as u64;
+            let _ = self.h.record(latency.max(1));
+        }
+    }
+
+    fn publish(&mut self) {
+        let s = &self.stats;
+        s.errors
+            .fetch_add(std::mem::take(&mut self.errors), Ordering::Relaxed);
+        if let Some(last) = self.last.take() {
+            s.messages
+                .fetch_add(std::mem::take(&mut self.messages), Ordering::Relaxed);
+            s.bytes
+                .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
+            let ns = last.saturating_duration_since(self.measure_from).as_nanos();
+            s.last_ns
+                .fetch_max(ns.min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -323,8 +431,17 @@ async fn produce_worker(
         ..ProducerConfig::default()
     };
     let producer = Producer::connect(&opts.bootstrap, config).await?;
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut tally = Tally {
+        h: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?,
+        record,
+        stats,
+        measure_from,
+        messages: 0,
+        bytes: 0,
+        errors: 0,
+        last: None,
+    };
     let interval = opts
         .rate
         .map(|r| Duration::from_secs_f64(opts.producers.max(1) as f64 / r.max(1) as f64));
@@ -333,95 +450,78 @@ async fn produce_worker(
     let mut sent = 0u64;
     let mut scheduled = 0u64;
     let mut value = vec![0x5au8; opts.message_size.max(8)];
-    // Sends in flight, polled together (no task per message: that would cost more than the send).
-    let mut pending = futures_util::stream::FuturesUnordered::new();
-    // `acked`: when the acknowledgement was seen (one clock read serves every acknowledgement that
-    // is in at that moment: a batch's records complete together).
-    let mut record_ack = |done: Option<(
-        Instant,
-        bool,
-        Result<mlog_client::RecordMetadata, ClientError>,
-        usize,
-    )>,
-                          acked: Instant| {
-        if let Some((t, counted, result, len)) = done {
-            match result {
-                Ok(_) if counted && record => {
-                    stats.count(len, measure_from);
-                    let latency = acked.saturating_duration_since(t).as_micros() as u64;
-                    let _ = h.record(latency.max(1));
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    };
-    // Clock reads are not free in a VM: about one per record is spent here.
+    let mut in_flight = InFlight::default();
     loop {
-        let mut now = Instant::now();
-        if deadline.is_some_and(|d| now >= d)
-            || limit.is_some_and(|l| sent >= l && now >= measure_from)
-        {
+        let now = Instant::now();
+        let counted = now >= measure_from;
+        if deadline.is_some_and(|d| now >= d) || limit.is_some_and(|l| sent >= l && counted) {
             break;
         }
-        let mut waited = false;
-        if let Some(i) = interval {
-            let due = started + i.mul_f64(scheduled as f64);
-            while Instant::now() < due {
-                waited = true;
-                tokio::select! {
-                    done = futures_util::StreamExt::next(&mut pending), if !pending.is_empty() => {
-                        let acked = Instant::now();
-                        record_ack(done, acked);
-                        drain_ready(&mut pending, |d| record_ack(Some(d), acked));
+        let room = opts.in_flight.max(1).saturating_sub(in_flight.len) as u64;
+        if room == 0 {
+            in_flight.settle(&mut tally).await;
+            continue;
+        }
+        let due = match interval {
+            None => u64::MAX,
+            Some(i) => {
+                let next_at = started + i.mul_f64(scheduled as f64);
+                if now < next_at {
+                    tokio::select! {
+                        _ = in_flight.settle(&mut tally), if in_flight.len > 0 => {}
+                        _ = tokio::time::sleep_until(next_at.into()) => {}
                     }
-                    _ = tokio::time::sleep_until(due.into()) => {}
+                    continue;
+                }
+                // Every record due by now: after a stall the schedule catches up in bursts.
+                let due_by_now =
+                    (now.duration_since(started).as_secs_f64() / i.as_secs_f64()) as u64;
+                (due_by_now + 1).saturating_sub(scheduled).max(1)
+            }
+        };
+        let left = match limit {
+            Some(l) if counted => l - sent,
+            _ => u64::MAX,
+        };
+        // e2e: records carry their send time; one wall-clock reading serves the burst.
+        let wall_ns = if record { 0 } else { now_ns() };
+        for _ in 0..room.min(due).min(left).min(MAX_SEND_BURST) {
+            // With --rate, latency counts from when the record was due, so a bench that falls behind
+            // its schedule reports the wait instead of hiding it (coordinated omission).
+            let sent_at = interval.map_or(now, |i| started + i.mul_f64(scheduled as f64));
+            scheduled += 1;
+            if counted {
+                sent += 1;
+            }
+            if !record {
+                let late_ns = now.saturating_duration_since(sent_at).as_nanos() as u64;
+                value[..8].copy_from_slice(&wall_ns.saturating_sub(late_ns).to_be_bytes());
+            }
+            // Keyless records, as Kafka's own perf tool sends: the producer's sticky partitioner
+            // fills one partition's batch at a time. The value is copied into the batch right here.
+            let len = value.len();
+            match producer
+                .begin_send(&opts.topic, None, None, &value, &[])
+                .await
+            {
+                Ok(ack) => in_flight.push(Pending {
+                    ack,
+                    sent_at,
+                    counted,
+                    len,
+                }),
+                Err(_) => {
+                    tally.errors += 1;
+                    tally.publish();
                 }
             }
         }
-        while pending.len() >= opts.in_flight.max(1) {
-            waited = true;
-            let done = futures_util::StreamExt::next(&mut pending).await;
-            let acked = Instant::now();
-            record_ack(done, acked);
-            drain_ready(&mut pending, |d| record_ack(Some(d), acked));
-        }
-        if waited {
-            now = Instant::now();
-        }
-        // With --rate, latency counts from when the record was due, so a bench that falls behind
-        // its schedule reports the wait instead of hiding it (coordinated omission).
-        let send_at = interval.map_or(now, |i| started + i.mul_f64(scheduled as f64));
-        scheduled += 1;
-        if !record {
-            // e2e: the consumer measures from the send time carried in the record.
-            let late_ns = now.saturating_duration_since(send_at).as_nanos() as u64;
-            value[..8].copy_from_slice(&now_ns().saturating_sub(late_ns).to_be_bytes());
-        }
-        let counted = now >= measure_from;
-        if counted {
-            sent += 1;
-        }
-        // Keyless records, as Kafka's own perf tool sends: the producer's sticky partitioner fills
-        // one partition's batch at a time. The value is copied into the batch right here.
-        let len = value.len();
-        match producer
-            .begin_send(&opts.topic, None, None, &value, &[])
-            .await
-        {
-            Ok(ack) => pending.push(ack.map(move |r| (send_at, counted, r, len))),
-            Err(e) => record_ack(Some((send_at, counted, Err(e), len)), now),
-        }
     }
-    while let Some(done) = futures_util::StreamExt::next(&mut pending).await {
-        let acked = Instant::now();
-        record_ack(Some(done), acked);
-        drain_ready(&mut pending, |d| record_ack(Some(d), acked));
+    while in_flight.len > 0 {
+        in_flight.settle(&mut tally).await;
     }
     producer.flush().await?;
-    Ok(h)
+    Ok(tally.h)
 }
 
 /// Reads the given partitions until `deadline` or `expected` messages; returns send-to-receive

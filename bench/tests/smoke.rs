@@ -24,6 +24,15 @@ fn produce_consume_and_e2e_report_json() {
         ],
         vec!["consume", "--messages", "2000", "--warmup", "0"],
         vec![
+            "produce",
+            "--duration",
+            "1",
+            "--rate",
+            "2000",
+            "--warmup",
+            "0",
+        ],
+        vec![
             "e2e",
             "--duration",
             "1",
@@ -46,7 +55,13 @@ fn produce_consume_and_e2e_report_json() {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(v["messages"].as_u64().unwrap() > 0, "{args:?}: {v}");
+        let messages = v["messages"].as_u64().unwrap();
+        match args[..2] {
+            // Exactly the count asked for, and the rate asked for (the schedule is 2000 in 1 s).
+            ["produce", "--messages"] | ["consume", _] => assert_eq!(messages, 2000, "{v}"),
+            ["produce", "--duration"] => assert!((1000..=2001).contains(&messages), "{v}"),
+            _ => assert!(messages > 0, "{args:?}: {v}"),
+        }
         assert!(v["throughput_mb_s"].as_f64().unwrap() > 0.0);
         for q in ["p50", "p90", "p99", "p999", "max"] {
             assert!(v["latency_us"][q].is_u64(), "{q} in {v}");

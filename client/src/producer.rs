@@ -926,6 +926,15 @@ pub struct SendFuture {
     waker_slot: Option<usize>,
 }
 
+impl SendFuture {
+    /// The partition the record went to (known at once). A partition's records are acknowledged in
+    /// the order they were sent, so a caller tracking many sends needs to watch only the oldest of
+    /// each partition.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
 impl Future for SendFuture {
     type Output = Result<RecordMetadata>;
 
