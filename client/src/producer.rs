@@ -832,11 +832,9 @@ impl Drop for Inner {
         // Records still buffered will never be sent: their futures learn it now.
         for t in st.topics.values_mut() {
             for part in &mut t.partitions {
+                // Oldest first: queued batches, then the open one.
                 let open = part.open.take().map(|o| o.done);
-                for done in open
-                    .into_iter()
-                    .chain(part.queued.drain(..).map(|b| b.done))
-                {
+                for done in part.queued.drain(..).map(|b| b.done).chain(open) {
                     done.complete(Err(closed()));
                 }
             }
@@ -928,8 +926,9 @@ pub struct SendFuture {
 
 impl SendFuture {
     /// The partition the record went to (known at once). A partition's records are acknowledged in
-    /// the order they were sent, so a caller tracking many sends needs to watch only the oldest of
-    /// each partition.
+    /// the order they were sent (while the producer lives: dropping it fails the records it still
+    /// buffers at once, ahead of a request in flight), so a caller tracking many sends needs to
+    /// watch only the oldest of each partition. Once resolved, polling again gives the same answer.
     pub fn partition(&self) -> u32 {
         self.partition
     }

@@ -17,10 +17,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use mlog_storage::{FlushPolicy, Log, LogConfig};
 use mlog_wire::batch::{NewRecord, RecordBatchBuilder};
 
-/// The broker's allocator, so that the buffers each append is given cost what they cost there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const MIB: f64 = 1024.0 * 1024.0;
 
 struct Opts {

@@ -312,10 +312,17 @@ impl Log {
             }
             None => bases,
         };
+        // Segments wholly below the checkpointed log start are ones retention was deleting when the
+        // log stopped (it checkpoints the new start first): finish that, so that unlinks a crash kept
+        // only some of can not look like a gap in the offsets.
+        let holding_start = bases.iter().rposition(|&b| b <= log_start).unwrap_or(0);
+        for &b in &bases[..holding_start] {
+            remove_segment_files(&dir, b)?;
+        }
         let bases = if bases.is_empty() {
             vec![log_start]
         } else {
-            bases
+            bases[holding_start..].to_vec()
         };
         let mut segments = BTreeMap::new();
         let mut expected_next: Option<u64> = None;
@@ -394,6 +401,15 @@ impl Log {
         active.appender = Some(appender);
         let log_end = active.next_offset;
         let first_base = *segments.keys().next().expect("at least one segment");
+        // The spare's stale offsets lie below the checkpointed start, so below every offset the log
+        // will write, unless recovery left the log ending before that start: then it goes.
+        let spare = match spare {
+            Some(s) if log_end < log_start => {
+                std::fs::remove_file(&s.path).ctx("removing spare segment", &s.path)?;
+                None
+            }
+            s => s,
+        };
         log_start = log_start.max(first_base).min(log_end);
         epochs.retain(|e| e.start_offset < log_end);
         if clean.is_some() {
@@ -647,8 +663,12 @@ impl Log {
             self.sync_all().await?;
         }
         // Retention at the roll keeps a log at its limit from growing by more than one segment
-        // between periodic checks, and hands the next roll a spare file to reuse.
-        self.apply_retention(SystemTime::now()).await?;
+        // between periodic checks, and hands the next roll a spare file to reuse. It is
+        // housekeeping: its failure must not fail the append that rolled (the periodic check
+        // tries again).
+        if let Err(e) = self.apply_retention(SystemTime::now()).await {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "retention at roll failed");
+        }
         Ok(())
     }
 
@@ -1285,16 +1305,24 @@ impl Log {
             let keep = self.config.recycle_segments && st.spare.is_none();
             (doomed, newest.filter(|_| keep))
         };
+        // Oldest first and the kept file last, the unlinks durable before the rename: a crash never
+        // leaves an older segment next to a newer one's spare (`open` also drops whatever lies
+        // wholly below the checkpointed start, so unlinks a crash half kept cannot look like a gap).
+        let older = &doomed[..doomed.len() - usize::from(kept.is_some())];
+        for b in older {
+            remove_segment_files(&self.dir, *b)?;
+        }
         if let Some(seg) = kept {
+            if !older.is_empty() {
+                checkpoint::sync_dir(&self.dir)?;
+            }
             let to = segment::file_path(&self.dir, seg.base_offset, segment::SPARE_SUFFIX);
             std::fs::rename(&seg.log_path, &to).ctx("keeping spare segment", &seg.log_path)?;
+            remove_segment_files(&self.dir, seg.base_offset)?;
             self.st.borrow_mut().spare = Some(Spare {
                 path: to,
                 file: Some(seg.file),
             });
-        }
-        for b in &doomed {
-            remove_segment_files(&self.dir, *b)?;
         }
         if !doomed.is_empty() {
             checkpoint::sync_dir(&self.dir)?;

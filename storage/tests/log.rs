@@ -243,6 +243,7 @@ fn retired_segment_files_are_reused_and_their_stale_batches_never_read_back() {
         let log = Log::open(dir.path(), config.clone()).await.unwrap();
         let mut written = Vec::new();
         let mut reused = 0;
+        let mut spare_inode_before_last_roll = None;
         for _ in 0..20 {
             // Append until a roll: it takes the spare (if any), and its retention leaves a new one.
             let spare = files_with_suffix(dir.path(), "spare");
@@ -256,8 +257,15 @@ fn retired_segment_files_are_reused_and_their_stale_batches_never_read_back() {
             if spare_inode == Some(inode(&new_active)) {
                 reused += 1;
             }
+            spare_inode_before_last_roll = spare_inode;
         }
         assert!(reused >= 15, "rolls reused spare files: {reused} of 20");
+        let active = files_with_suffix(dir.path(), "log").pop().unwrap();
+        assert_eq!(
+            spare_inode_before_last_roll,
+            Some(inode(&active)),
+            "the active segment, which the reopen scans, is a recycled file"
+        );
         // A few durable appends into the recycled active segment, then an unclean stop.
         written.extend(append_fixed(&log, 3).await);
         log.flush().await.unwrap();
@@ -286,15 +294,56 @@ fn a_restart_below_the_log_start_deletes_the_spare() {
     };
     run(|| async {
         let log = Log::open(dir.path(), config.clone()).await.unwrap();
-        while files_with_suffix(dir.path(), "spare").is_empty() {
+        // 64 blocks are two 64 KiB segments past the 128 KiB limit: retention has run by then.
+        for _ in 0..64 {
             append_fixed(&log, 1).await;
         }
+        assert_eq!(files_with_suffix(dir.path(), "spare").len(), 1);
         // Offsets restart at 0, below the spare's stale ones: that file must never be reused.
         log.truncate_suffix(0).await.unwrap();
         assert!(files_with_suffix(dir.path(), "spare").is_empty());
         let written = append_fixed(&log, 40).await;
         assert_eq!(written[0].0, 0);
         assert_eq!(read_all(&log, 0, 1 << 16).await, written);
+    });
+}
+
+#[test]
+fn segments_below_the_log_start_that_a_crash_left_behind_are_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (written, bases) = run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let written = append_fixed(&log, 80).await;
+        log.close().await.unwrap();
+        (written, log.segment_bases())
+    });
+    assert!(bases.len() >= 4, "{bases:?}");
+    let first = files_with_suffix(dir.path(), "log").remove(0);
+    let saved = std::fs::read(&first).unwrap();
+    let start = bases[2];
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        log.delete_before(start).await.unwrap();
+        assert_eq!(log.segment_bases()[0], start);
+    });
+    // The crash the log must survive: the first segment's unlink was lost (the second segment's
+    // file went, or became the spare), and the recovery point is gone, so every segment is scanned.
+    std::fs::write(&first, saved).unwrap();
+    std::fs::remove_file(dir.path().join("recovery-point.ckpt")).unwrap();
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), start);
+        assert_eq!(log.segment_bases()[0], start, "the stray segment went");
+        let kept: Vec<_> = written
+            .iter()
+            .filter(|(b, _)| *b >= start)
+            .cloned()
+            .collect();
+        assert_eq!(
+            read_all(&log, start, 1 << 16).await,
+            kept,
+            "nothing after the start was lost"
+        );
     });
 }
 
