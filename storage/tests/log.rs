@@ -232,13 +232,18 @@ async fn append_fixed(log: &Log, n: usize) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// Two 64 KiB segments' worth of retention: every roll past that deletes one and leaves a spare.
+fn retaining_config() -> LogConfig {
+    LogConfig {
+        retention_bytes: Some(128 << 10),
+        ..small_config()
+    }
+}
+
 #[test]
 fn retired_segment_files_are_reused_and_their_stale_batches_never_read_back() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        retention_bytes: Some(128 << 10),
-        ..small_config()
-    };
+    let config = retaining_config();
     let written = run(|| async {
         let log = Log::open(dir.path(), config.clone()).await.unwrap();
         let mut written = Vec::new();
@@ -288,10 +293,7 @@ fn retired_segment_files_are_reused_and_their_stale_batches_never_read_back() {
 #[test]
 fn a_restart_below_the_log_start_deletes_the_spare() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        retention_bytes: Some(128 << 10),
-        ..small_config()
-    };
+    let config = retaining_config();
     run(|| async {
         let log = Log::open(dir.path(), config.clone()).await.unwrap();
         // 64 blocks are two 64 KiB segments past the 128 KiB limit: retention has run by then.
