@@ -177,9 +177,12 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
         .map(Duration::from_secs)
         .or(opts.messages.is_none().then_some(Duration::from_secs(10)));
     let deadline = run_for.map(|d| measure_from + d);
-    let per_producer = opts
-        .messages
-        .map(|m| m.div_ceil(opts.producers.max(1) as u64));
+    // `--messages` split exactly: the first `m % producers` producers send one more.
+    let producers = opts.producers.max(1) as u64;
+    let per_producer = |i: u64| {
+        opts.messages
+            .map(|m| m / producers + u64::from(i < m % producers))
+    };
 
     let progress = {
         let stats = stats.clone();
@@ -193,15 +196,15 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
             }
         })
     };
-    let mut producers = Vec::new();
+    let mut workers = Vec::new();
     if mode != Mode::Consume {
-        for _ in 0..opts.producers {
-            producers.push(tokio::spawn(produce_worker(
+        for i in 0..opts.producers {
+            workers.push(tokio::spawn(produce_worker(
                 opts.clone(),
                 stats.clone(),
                 measure_from,
                 deadline,
-                per_producer,
+                per_producer(i as u64),
                 mode == Mode::Produce,
             )));
         }
@@ -226,7 +229,7 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    for p in producers {
+    for p in workers {
         let h = p
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))??;
@@ -458,8 +461,7 @@ async fn produce_worker(
     let mut in_flight = InFlight::default();
     loop {
         let now = Instant::now();
-        let counted = now >= measure_from;
-        if deadline.is_some_and(|d| now >= d) || limit.is_some_and(|l| sent >= l && counted) {
+        if deadline.is_some_and(|d| now >= d) || limit.is_some_and(|l| sent >= l) {
             break;
         }
         let room = opts.in_flight.max(1).saturating_sub(in_flight.len) as u64;
@@ -484,20 +486,21 @@ async fn produce_worker(
                 (due_by_now + 1).saturating_sub(scheduled).max(1)
             }
         };
-        let left = match limit {
-            Some(l) if counted => l - sent,
-            _ => u64::MAX,
-        };
         // e2e: records carry their send time; one wall-clock reading serves the burst.
         let wall_ns = if record { 0 } else { now_ns() };
-        for _ in 0..room.min(due).min(left).min(MAX_SEND_BURST) {
+        for _ in 0..room.min(due).min(MAX_SEND_BURST) {
             // With --rate, latency counts from when the record was due, so a bench that falls behind
             // its schedule reports the wait instead of hiding it (coordinated omission).
             let sent_at = interval.map_or(now, |i| started + i.mul_f64(scheduled as f64));
-            scheduled += 1;
+            // Counted by that same time, which is also what an e2e consumer sees in the record.
+            let counted = sent_at >= measure_from;
             if counted {
+                if limit.is_some_and(|l| sent >= l) {
+                    break;
+                }
                 sent += 1;
             }
+            scheduled += 1;
             if !record {
                 let late_ns = now.saturating_duration_since(sent_at).as_nanos() as u64;
                 value[..8].copy_from_slice(&wall_ns.saturating_sub(late_ns).to_be_bytes());

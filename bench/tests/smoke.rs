@@ -17,6 +17,9 @@ fn produce_consume_and_e2e_report_json() {
             "produce",
             "--messages",
             "2000",
+            // 2000 does not divide by 3: the split must still send exactly 2000.
+            "--producers",
+            "3",
             "--message-size",
             "100",
             "--warmup",
