@@ -176,7 +176,11 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
         .duration
         .map(Duration::from_secs)
         .or(opts.messages.is_none().then_some(Duration::from_secs(10)));
-    let deadline = run_for.map(|d| measure_from + d);
+    let window = Window {
+        from: measure_from,
+        from_wall_ns: now_ns().saturating_add(warmup.as_nanos() as u64),
+        until: run_for.map(|d| measure_from + d),
+    };
     // `--messages` split exactly: the first `m % producers` producers send one more.
     let producers = opts.producers.max(1) as u64;
     let per_producer = |i: u64| {
@@ -202,8 +206,7 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
             workers.push(tokio::spawn(produce_worker(
                 opts.clone(),
                 stats.clone(),
-                measure_from,
-                deadline,
+                window,
                 per_producer(i as u64),
                 mode == Mode::Produce,
             )));
@@ -220,8 +223,7 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
                 opts.clone(),
                 mine,
                 stats.clone(),
-                measure_from,
-                deadline,
+                window,
                 expected,
                 mode,
             )));
@@ -418,12 +420,23 @@ impl Tally {
     }
 }
 
-/// Sends until `deadline` or `limit` messages; returns send-to-ack latencies (when `record`).
+/// The measured part of a run.
+#[derive(Clone, Copy)]
+struct Window {
+    /// The end of the warm-up.
+    from: Instant,
+    /// The same instant on the wall clock, as e2e records carry their send time: producers and
+    /// consumers both count a record by its stamp against this one value.
+    from_wall_ns: u64,
+    /// The end of a `--duration` run.
+    until: Option<Instant>,
+}
+
+/// Sends until the window ends or `limit` messages; returns send-to-ack latencies (when `record`).
 async fn produce_worker(
     opts: Opts,
     stats: Arc<Stats>,
-    measure_from: Instant,
-    deadline: Option<Instant>,
+    window: Window,
     limit: Option<u64>,
     record: bool,
 ) -> Result<Histogram<u64>, ClientError> {
@@ -444,7 +457,7 @@ async fn produce_worker(
             .map_err(|e| ClientError::Protocol(e.to_string()))?,
         record,
         stats,
-        measure_from,
+        measure_from: window.from,
         messages: 0,
         bytes: 0,
         errors: 0,
@@ -461,7 +474,7 @@ async fn produce_worker(
     let mut in_flight = InFlight::default();
     loop {
         let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) || limit.is_some_and(|l| sent >= l) {
+        if window.until.is_some_and(|d| now >= d) || limit.is_some_and(|l| sent >= l) {
             break;
         }
         let room = opts.in_flight.max(1).saturating_sub(in_flight.len) as u64;
@@ -492,8 +505,14 @@ async fn produce_worker(
             // With --rate, latency counts from when the record was due, so a bench that falls behind
             // its schedule reports the wait instead of hiding it (coordinated omission).
             let sent_at = interval.map_or(now, |i| started + i.mul_f64(scheduled as f64));
-            // Counted by that same time, which is also what an e2e consumer sees in the record.
-            let counted = sent_at >= measure_from;
+            // e2e consumers count a record by the send time it carries, so the producer does too.
+            let late_ns = now.saturating_duration_since(sent_at).as_nanos() as u64;
+            let stamp_ns = wall_ns.saturating_sub(late_ns);
+            let counted = if record {
+                sent_at >= window.from
+            } else {
+                stamp_ns >= window.from_wall_ns
+            };
             if counted {
                 if limit.is_some_and(|l| sent >= l) {
                     break;
@@ -502,8 +521,7 @@ async fn produce_worker(
             }
             scheduled += 1;
             if !record {
-                let late_ns = now.saturating_duration_since(sent_at).as_nanos() as u64;
-                value[..8].copy_from_slice(&wall_ns.saturating_sub(late_ns).to_be_bytes());
+                value[..8].copy_from_slice(&stamp_ns.to_be_bytes());
             }
             // Keyless records, as Kafka's own perf tool sends: the producer's sticky partitioner
             // fills one partition's batch at a time. The value is copied into the batch right here.
@@ -540,8 +558,7 @@ async fn consume_worker(
     opts: Opts,
     partitions: Vec<u32>,
     stats: Arc<Stats>,
-    measure_from: Instant,
-    deadline: Option<Instant>,
+    window: Window,
     expected: Option<u64>,
     mode: Mode,
 ) -> Result<Histogram<u64>, ClientError> {
@@ -563,14 +580,9 @@ async fn consume_worker(
     let mut consumer = Consumer::connect(&opts.bootstrap, config).await?;
     consumer.assign(&opts.topic, Some(partitions)).await?;
     let mut idle_since = Instant::now();
-    let measure_from_ns = now_ns().saturating_add(
-        measure_from
-            .saturating_duration_since(Instant::now())
-            .as_nanos() as u64,
-    );
     loop {
         let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d)
+        if window.until.is_some_and(|d| now >= d)
             || expected.is_some_and(|e| stats.messages.load(Ordering::Relaxed) >= e)
         {
             break;
@@ -584,19 +596,19 @@ async fn consume_worker(
         }
         let arrived = now_ns();
         for r in records {
-            if Instant::now() < measure_from {
+            if mode != Mode::E2e && Instant::now() < window.from {
                 continue;
             }
             let value = r.value.unwrap_or_default();
             if mode == Mode::E2e && value.len() >= 8 {
                 let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
                 // Records sent during the warm-up are not measured, even when they arrive after it.
-                if sent < measure_from_ns {
+                if sent < window.from_wall_ns {
                     continue;
                 }
                 let _ = h.record((arrived.saturating_sub(sent) / 1000).max(1));
             }
-            stats.count(value.len(), measure_from);
+            stats.count(value.len(), window.from);
         }
     }
     Ok(h)

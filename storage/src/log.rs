@@ -406,11 +406,23 @@ impl Log {
         let spare = match spare {
             Some(s) if log_end < log_start => {
                 std::fs::remove_file(&s.path).ctx("removing spare segment", &s.path)?;
+                // Gone for good before the lower start below is written.
+                checkpoint::sync_dir(&dir)?;
                 None
             }
             s => s,
         };
+        let checkpointed_start = log_start;
         log_start = log_start.max(first_base).min(log_end);
+        if log_start != checkpointed_start {
+            // A checkpointed start past the recovered end must not outlive this open: the next one
+            // would take the segments written from here on for ones below the start.
+            checkpoint::write(
+                &dir,
+                Kind::LogStartOffset,
+                &checkpoint::u64_payload(log_start),
+            )?;
+        }
         epochs.retain(|e| e.start_offset < log_end);
         if clean.is_some() {
             checkpoint::remove(&dir, Kind::CleanShutdown)?;
@@ -664,8 +676,8 @@ impl Log {
         }
         // Retention at the roll keeps a log at its limit from growing by more than one segment
         // between periodic checks, and hands the next roll a spare file to reuse. It is
-        // housekeeping: its failure must not fail the append that rolled (the periodic check
-        // tries again).
+        // housekeeping: its failure must not fail the append that rolled (files it left behind lie
+        // below the log start, and the next open removes them).
         if let Err(e) = self.apply_retention(SystemTime::now()).await {
             tracing::warn!(dir = %self.dir.display(), error = %e, "retention at roll failed");
         }
@@ -1095,7 +1107,7 @@ impl Log {
             .ctx("truncating segment", &path)?;
         file.fdatasync().await.ctx("fdatasync", &path)?;
         // Every segment file past the kept one goes, including any a failed roll left behind.
-        for b in segment_bases_on_disk(&self.dir)?
+        for b in bases_on_disk(&self.dir, segment::LOG_SUFFIX)?
             .into_iter()
             .filter(|b| *b > keep_base)
         {
@@ -1172,12 +1184,14 @@ impl Log {
             st.recovery_point = st.recovery_point.min(offset);
         }
         self.persist(Kind::RecoveryPoint).await?;
-        for b in segment_bases_on_disk(&self.dir)? {
+        for b in bases_on_disk(&self.dir, segment::LOG_SUFFIX)? {
             remove_segment_files(&self.dir, b)?;
         }
-        // The new offsets may be lower than the spare's stale ones: it must not be reused.
-        if let Some(spare) = self.st.borrow_mut().spare.take() {
-            std::fs::remove_file(&spare.path).ctx("removing spare segment", &spare.path)?;
+        // The new offsets may be lower than a spare's stale ones: none may be reused.
+        self.st.borrow_mut().spare = None;
+        for base in bases_on_disk(&self.dir, segment::SPARE_SUFFIX)? {
+            let path = segment::file_path(&self.dir, base, segment::SPARE_SUFFIX);
+            std::fs::remove_file(&path).ctx("removing spare segment", &path)?;
         }
         checkpoint::sync_dir(&self.dir)?;
         let seg = self.new_active_segment(offset).await?;
@@ -1218,6 +1232,9 @@ impl Log {
             let st = self.st.borrow();
             offset.max(st.log_start).min(st.log_end)
         };
+        // The start must never be durable ahead of the data: after a crash it would lie past the
+        // recovered log end.
+        self.flush_upto(new_start).await?;
         self.delete_segments(new_start).await
     }
 
@@ -1318,11 +1335,12 @@ impl Log {
             }
             let to = segment::file_path(&self.dir, seg.base_offset, segment::SPARE_SUFFIX);
             std::fs::rename(&seg.log_path, &to).ctx("keeping spare segment", &seg.log_path)?;
-            remove_segment_files(&self.dir, seg.base_offset)?;
+            // Tracked at once: a spare the log does not know of would escape `restart_at`.
             self.st.borrow_mut().spare = Some(Spare {
                 path: to,
                 file: Some(seg.file),
             });
+            remove_segment_files(&self.dir, seg.base_offset)?;
         }
         if !doomed.is_empty() {
             checkpoint::sync_dir(&self.dir)?;
@@ -1765,17 +1783,20 @@ fn spawn_interval_flusher(log: Weak<Log>, every: Duration) {
     .detach();
 }
 
-/// Lists segment base offsets (of `.log` files), ignoring everything else.
-fn segment_bases_on_disk(dir: &Path) -> Result<Vec<u64>> {
+/// Lists the base offsets of the segment files with `suffix` (`.log` or `.spare`), ignoring
+/// everything else.
+fn bases_on_disk(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).ctx("listing log directory", dir)? {
         let entry = entry.ctx("listing log directory", dir)?;
-        if let Some((base, segment::LOG_SUFFIX)) = entry
+        if let Some((base, found)) = entry
             .file_name()
             .to_str()
             .and_then(segment::parse_file_name)
         {
-            bases.push(base);
+            if found == suffix {
+                bases.push(base);
+            }
         }
     }
     bases.sort_unstable();

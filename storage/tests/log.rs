@@ -350,6 +350,38 @@ fn segments_below_the_log_start_that_a_crash_left_behind_are_dropped_at_open() {
 }
 
 #[test]
+fn a_checkpointed_start_past_the_recovered_end_is_lowered_for_good() {
+    // A log-start checkpoint of 50 over a log that recovery ends at 40 (as a crash after an
+    // unsynced start could leave): the log restarts at 40, and what it writes from there must
+    // survive the next open, which must not read 50 again.
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        append_fixed(&log, 40).await;
+        log.close().await.unwrap();
+        let log = Log::open(other.path(), small_config()).await.unwrap();
+        append_fixed(&log, 60).await;
+        log.delete_before(50).await.unwrap();
+        log.close().await.unwrap();
+    });
+    let ckpt = "log-start-offset.ckpt";
+    std::fs::copy(other.path().join(ckpt), dir.path().join(ckpt)).unwrap();
+    let written = run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), 40);
+        let written = append_fixed(&log, 20).await;
+        log.flush().await.unwrap();
+        written
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), 40);
+        assert_eq!(read_all(&log, 40, 1 << 16).await, written);
+    });
+}
+
+#[test]
 fn truncate_suffix_then_append_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let kept = run(|| async {
