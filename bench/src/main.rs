@@ -340,40 +340,42 @@ impl InFlight {
         if self.len == 0 {
             return;
         }
-        std::future::poll_fn(|cx| {
-            let mut any = false;
-            for q in &mut self.queues {
-                if let Some(front) = q.front_mut() {
-                    any |= Pin::new(&mut front.ack).poll(cx).is_ready();
-                }
-            }
-            if any {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
+        std::future::poll_fn(|cx| match self.take_done(cx, tally) {
+            0 => Poll::Pending,
+            _ => Poll::Ready(()),
         })
         .await;
-        self.take_done(tally);
     }
 
-    /// Hands every record that is done to `tally` without waiting, with one clock reading for all.
-    fn take_done(&mut self, tally: &mut Tally) {
-        let acked = Instant::now();
-        // Every wait polls the fronts with the task's own waker before it sleeps: a no-op waker here
-        // loses no wakeup.
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    /// `settle` without the wait: takes only what is done already.
+    async fn take_ready(&mut self, tally: &mut Tally) {
+        std::future::poll_fn(|cx| {
+            self.take_done(cx, tally);
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// Hands every record that is done to `tally` and returns how many; the fronts still pending
+    /// keep `cx`'s waker. The clock is read once, and only if something is done.
+    fn take_done(&mut self, cx: &mut Context<'_>, tally: &mut Tally) -> usize {
+        let mut acked = None;
+        let mut done = 0;
         for q in &mut self.queues {
             while let Some(front) = q.front_mut() {
-                let Poll::Ready(result) = Pin::new(&mut front.ack).poll(&mut cx) else {
+                let Poll::Ready(result) = Pin::new(&mut front.ack).poll(cx) else {
                     break;
                 };
                 let p = q.pop_front().expect("a front");
                 self.len -= 1;
-                tally.add(&p, result.is_ok(), acked);
+                done += 1;
+                tally.add(&p, result.is_ok(), *acked.get_or_insert_with(Instant::now));
             }
         }
-        tally.publish();
+        if done > 0 {
+            tally.publish();
+        }
+        done
     }
 }
 
@@ -543,7 +545,7 @@ async fn produce_worker(
             }
         }
         // Acknowledgements that came in while sending are timed now, not when the window fills.
-        in_flight.take_done(&mut tally);
+        in_flight.take_ready(&mut tally).await;
     }
     while in_flight.len > 0 {
         in_flight.settle(&mut tally).await;
