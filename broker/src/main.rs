@@ -3,8 +3,9 @@
 //! Exit codes: 0 after a clean stop, 1 when a shard failed, 2 for a configuration or startup error
 //! (bad flag or file, data directory or port in use), each reported as one line on stderr.
 
-/// Receive buffers and cached batches are large, short-lived and freed far from where they were
-/// allocated; mimalloc keeps such memory mapped for reuse instead of returning and re-faulting it.
+/// Receive buffers, DMA read buffers and cached batches are large, short-lived and freed far from
+/// where they were allocated; mimalloc keeps such memory mapped for reuse instead of returning and
+/// re-faulting it (see the dependency notes in docs/architecture.md for what it costs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
