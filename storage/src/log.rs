@@ -513,8 +513,12 @@ impl Log {
         if let Some(epoch) = leader_epoch {
             self.record_epoch(epoch).await?;
         }
-        self.roll_if_needed(len as u64, header.last_offset_delta as u64)
-            .await?;
+        self.roll_if_needed(
+            len as u64,
+            header.last_offset_delta as u64,
+            header.max_timestamp,
+        )
+        .await?;
         self.preallocate_for(len as u64).await?;
 
         let (info, write_state) = {
@@ -599,14 +603,16 @@ impl Log {
         Ok(())
     }
 
-    async fn roll_if_needed(&self, len: u64, last_delta: u64) -> Result<()> {
+    async fn roll_if_needed(&self, len: u64, last_delta: u64, max_timestamp: i64) -> Result<()> {
+        let too_old = match self.config.segment_ms {
+            Some(limit) if self.st.borrow().active().size > 0 => {
+                self.active_segment_age(max_timestamp).await? >= limit
+            }
+            _ => false,
+        };
         let roll = {
             let st = self.st.borrow();
             let active = st.active();
-            let too_old = self
-                .config
-                .segment_ms
-                .is_some_and(|age| active.created.elapsed() >= age);
             active.size > 0
                 && (too_old
                     || !active.fits(len, st.log_end + last_delta, self.config.segment_bytes))
@@ -615,6 +621,33 @@ impl Log {
             self.roll().await?;
         }
         Ok(())
+    }
+
+    /// The active segment's age for `segment_ms`, as Kafka measures it: the new batch's max
+    /// timestamp minus that of the segment's first batch, so that a restart does not restart the
+    /// clock (a broker restarted more often than `segment_ms` would otherwise never roll by age, and
+    /// age retention, which deletes only sealed segments, would never delete). When either batch
+    /// carries no timestamp, the time since this process opened the segment. Callers hold
+    /// `append_lock`, so the active segment cannot change during the header read.
+    async fn active_segment_age(&self, new_max_timestamp: i64) -> Result<Duration> {
+        let known = self.st.borrow().active().first_batch_timestamp;
+        let first = match known {
+            Some(t) => t,
+            None => {
+                let (file, path) = {
+                    let st = self.st.borrow();
+                    (st.active().file.clone(), st.active().log_path.clone())
+                };
+                let t = segment::read_first_batch_timestamp(&file, &path).await?;
+                self.st.borrow_mut().active_mut().first_batch_timestamp = Some(t);
+                t
+            }
+        };
+        Ok(if first >= 0 && new_max_timestamp >= 0 {
+            Duration::from_millis(new_max_timestamp.saturating_sub(first).max(0) as u64)
+        } else {
+            self.st.borrow().active().created.elapsed()
+        })
     }
 
     /// Creates an empty segment at `base`, ready for appends, in the spare file if there is one (its

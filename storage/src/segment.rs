@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use glommio::io::{DmaFile, OpenOptions};
+use mlog_wire::batch::{BatchHeader, HEADER_LEN};
 
 use crate::appender::Appender;
 use crate::error::{IoContext, Result};
@@ -70,7 +71,12 @@ pub(crate) struct Segment {
     pub bytes_since_index: u64,
     /// File length including preallocated space.
     pub allocated: u64,
+    /// When this process opened or created the segment: its age for `segment_ms` when record
+    /// timestamps cannot tell it (see `Log::active_segment_age`).
     pub created: Instant,
+    /// Max timestamp of the batch at position 0, once known: set when that batch is tracked, or
+    /// read from the file (`read_first_batch_timestamp`) for a segment opened from disk.
+    pub first_batch_timestamp: Option<i64>,
     /// An index file did not exist when the segment was opened: it must be rebuilt.
     pub indexes_missing: bool,
 }
@@ -117,6 +123,7 @@ impl Segment {
             bytes_since_index: 0,
             allocated,
             created: Instant::now(),
+            first_batch_timestamp: None,
             indexes_missing,
         })
     }
@@ -143,6 +150,9 @@ impl Segment {
         index_interval_bytes: u32,
     ) {
         debug_assert_eq!(meta.base_offset, self.next_offset);
+        if position == 0 {
+            self.first_batch_timestamp = Some(meta.max_timestamp);
+        }
         if meta.max_timestamp > self.max_timestamp || self.size == 0 {
             self.max_timestamp = meta.max_timestamp;
             self.max_timestamp_offset = meta.last_offset;
@@ -217,4 +227,18 @@ impl Segment {
         self.sealed = false;
         Ok(())
     }
+}
+
+/// Max timestamp of the batch at the start of a segment file; -1 (no timestamp) if the file holds
+/// no readable batch header there.
+pub(crate) async fn read_first_batch_timestamp(file: &DmaFile, path: &Path) -> Result<i64> {
+    let block = file.alignment().max(HEADER_LEN as u64) as usize;
+    let data = file
+        .read_at_aligned(0, block)
+        .await
+        .ctx("reading the first batch header", path)?;
+    Ok(data
+        .get(..HEADER_LEN)
+        .and_then(|h| BatchHeader::parse(h).ok())
+        .map_or(-1, |h| h.max_timestamp))
 }

@@ -771,3 +771,70 @@ fn an_empty_segment_left_by_a_failed_roll_is_ignored_at_open() {
         assert_eq!(read_all(&log, 0, 1 << 16).await, written);
     });
 }
+
+#[test]
+fn segments_roll_by_age_in_record_time_across_a_reopen() {
+    // As in Kafka, a segment's age is the new batch's timestamp minus its first batch's: a restart
+    // must not restart the clock, or a broker restarted more often than segment_ms never rolls.
+    let dir = tempfile::tempdir().unwrap();
+    let hour_ms = 3_600_000i64;
+    let config = || LogConfig {
+        segment_bytes: 1 << 20,
+        segment_ms: Some(Duration::from_millis(hour_ms as u64)),
+        ..small_config()
+    };
+    let t0 = 1_700_000_000_000i64;
+    run(|| async {
+        let log = Log::open(dir.path(), config()).await.unwrap();
+        // One record each: a batch's max timestamp is its last record's.
+        log.append(bytes(&batch(1, 1, 10, t0))).await.unwrap();
+        log.append(bytes(&batch(2, 1, 10, t0 + 10 * 60_000)))
+            .await
+            .unwrap();
+        assert_eq!(log.segment_bases().len(), 1);
+        log.close().await.unwrap();
+    });
+    run(|| async {
+        // Reopened from disk: the first batch's timestamp is read back from the file.
+        let log = Log::open(dir.path(), config()).await.unwrap();
+        log.append(bytes(&batch(3, 1, 10, t0 + hour_ms - 1)))
+            .await
+            .unwrap();
+        assert_eq!(log.segment_bases().len(), 1, "59:59.999 is not an hour");
+        let info = log
+            .append(bytes(&batch(4, 1, 10, t0 + hour_ms)))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.segment_bases(),
+            vec![0, info.base_offset],
+            "an hour of record time rolls"
+        );
+        // The new segment's clock starts at its own first batch.
+        log.append(bytes(&batch(5, 1, 10, t0 + 2 * hour_ms - 1)))
+            .await
+            .unwrap();
+        assert_eq!(log.segment_bases().len(), 2);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_without_timestamps_roll_by_time_since_open() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            segment_ms: Some(Duration::from_millis(50)),
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), config).await.unwrap();
+        log.append(bytes(&batch(1, 1, 10, -1))).await.unwrap();
+        log.append(bytes(&batch(2, 1, 10, -1))).await.unwrap();
+        assert_eq!(log.segment_bases().len(), 1);
+        glommio::timer::sleep(Duration::from_millis(60)).await;
+        log.append(bytes(&batch(3, 1, 10, -1))).await.unwrap();
+        assert_eq!(log.segment_bases().len(), 2);
+        log.close().await.unwrap();
+    });
+}
