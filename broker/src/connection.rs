@@ -47,7 +47,10 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
                 let frame = buf.split_to(n);
                 own_buffer = false;
                 pieces.clear();
-                dispatch::handle(&ctx, frame, &mut pieces).await;
+                if dispatch::handle(&ctx, frame, &mut pieces).await == dispatch::After::Close {
+                    tracing::warn!(shard = ctx.id(), %peer, "closing connection: a produce with acks=0 failed");
+                    return;
+                }
                 for piece in &pieces {
                     if stream.write_all(piece.bytes()).await.is_err() {
                         return;

@@ -1,5 +1,7 @@
 //! Request dispatch: decode the header, check the API and version, run the handler, encode the
-//! answer. Every failure to decode becomes an error response; nothing here panics on input.
+//! answer. Every failure to decode becomes an error response, except in a Produce with acks=0,
+//! which has no response: any failure of one closes its connection instead. Nothing here panics
+//! on input.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -37,14 +39,25 @@ impl Piece {
     }
 }
 
+/// What the connection does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Send `pieces` (none for an acks=0 Produce) and read the next request.
+    Continue,
+    /// Close the connection: an acks=0 Produce failed, and it has no response to carry the error
+    /// (Kafka does the same, so that the client learns something went wrong).
+    Close,
+}
+
 /// Handles one whole request frame, appending the response frame (if any) to `pieces`. The frame is
 /// owned so that produced batches can be split off it instead of copied.
-pub(crate) async fn handle(shard: &Rc<Shard>, frame: BytesMut, pieces: &mut Vec<Piece>) {
+pub(crate) async fn handle(shard: &Rc<Shard>, frame: BytesMut, pieces: &mut Vec<Piece>) -> After {
     let mut out = BytesMut::new();
-    handle_into(shard, frame, &mut out, pieces).await;
+    let after = handle_into(shard, frame, &mut out, pieces).await;
     if !out.is_empty() {
         pieces.push(Piece::Encoded(out));
     }
+    after
 }
 
 async fn handle_into(
@@ -52,20 +65,20 @@ async fn handle_into(
     frame: BytesMut,
     out: &mut BytesMut,
     pieces: &mut Vec<Piece>,
-) {
+) -> After {
     let (header, body_at) = match decode_request(&frame) {
         Ok((header, body)) => (header, frame.len() - body.len()),
         Err(e) => {
             // The frame length was valid, so the header fits; answered rather than assumed.
             encode_error_response(out, 0, ErrorCode::InvalidRequest, &e.to_string());
-            return;
+            return After::Continue;
         }
     };
     let id = header.correlation_id;
     let Some(api) = ApiKey::from_u16(header.api_key) else {
         let msg = format!("API key {} is not served by this broker", header.api_key);
         encode_error_response(out, id, ErrorCode::UnsupportedApi, &msg);
-        return;
+        return After::Continue;
     };
     let (min, max) = api.versions();
     if header.api_version < min || header.api_version > max {
@@ -74,12 +87,19 @@ async fn handle_into(
             header.api_version
         );
         encode_error_response(out, id, ErrorCode::UnsupportedVersion, &msg);
-        return;
+        return After::Continue;
     }
-    if let Err(e) = serve_api(shard, api, id, frame, body_at, out, pieces).await {
-        out.clear();
-        pieces.clear();
-        encode_error_response(out, id, ErrorCode::InvalidRequest, &e.to_string());
+    // A Produce body starts with `acks`: known even when the rest cannot be decoded.
+    let fire_and_forget = api == ApiKey::Produce && frame.get(body_at) == Some(&0);
+    match serve_api(shard, api, id, frame, body_at, out, pieces).await {
+        Ok(after) => after,
+        Err(_) if fire_and_forget => After::Close,
+        Err(e) => {
+            out.clear();
+            pieces.clear();
+            encode_error_response(out, id, ErrorCode::InvalidRequest, &e.to_string());
+            After::Continue
+        }
     }
 }
 
@@ -92,7 +112,7 @@ async fn serve_api(
     body_at: usize,
     out: &mut BytesMut,
     pieces: &mut Vec<Piece>,
-) -> Result<(), DecodeError> {
+) -> Result<After, DecodeError> {
     let body = &frame[body_at..];
     let too_many = |n: usize| n > MAX_REQUEST_PARTITIONS;
     let refuse = |out: &mut BytesMut| {
@@ -122,8 +142,11 @@ async fn serve_api(
             let (acks, timeout_ms, parts) = {
                 let req = decode_body::<ProduceRequest<'_>>(body, "ProduceRequest")?;
                 if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+                    if req.acks == 0 {
+                        return Ok(After::Close);
+                    }
                     refuse(out);
-                    return Ok(());
+                    return Ok(After::Continue);
                 }
                 let start = frame.as_ptr() as usize;
                 let parts: Vec<(String, u32, std::ops::Range<usize>)> = req
@@ -140,15 +163,25 @@ async fn serve_api(
             };
             let items = split_records(frame, parts);
             let resp = produce(shard, acks, timeout_ms, items).await;
-            if acks != 0 {
-                encode_response(out, id, &resp);
+            if acks == 0 {
+                let failed = resp
+                    .topics
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .any(|p| p.error != ErrorCode::None);
+                return Ok(if failed {
+                    After::Close
+                } else {
+                    After::Continue
+                });
             }
+            encode_response(out, id, &resp);
         }
         ApiKey::Fetch => {
             let req = decode_body::<FetchRequest>(body, "FetchRequest")?;
             if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
                 refuse(out);
-                return Ok(());
+                return Ok(After::Continue);
             }
             fetch(shard, id, req, pieces).await;
         }
@@ -156,7 +189,7 @@ async fn serve_api(
             let req = decode_body::<ListOffsetsRequest>(body, "ListOffsetsRequest")?;
             if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
                 refuse(out);
-                return Ok(());
+                return Ok(After::Continue);
             }
             encode_response(out, id, &list_offsets(shard, req).await);
         }
@@ -164,7 +197,7 @@ async fn serve_api(
             let req = decode_body::<OffsetCommitRequest>(body, "OffsetCommitRequest")?;
             if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
                 refuse(out);
-                return Ok(());
+                return Ok(After::Continue);
             }
             encode_response(out, id, &offset_commit(shard, req).await);
         }
@@ -178,12 +211,12 @@ async fn serve_api(
                     .sum(),
             ) {
                 refuse(out);
-                return Ok(());
+                return Ok(After::Continue);
             }
             encode_response(out, id, &offset_fetch(shard, req).await);
         }
     }
-    Ok(())
+    Ok(After::Continue)
 }
 
 /// Runs `op` on the shard that owns `group`'s internal offsets partition.

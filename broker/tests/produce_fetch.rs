@@ -723,3 +723,94 @@ fn long_polls_respect_min_bytes_and_shutdown() {
     );
     let _ = waiter.join();
 }
+
+/// A Produce request with one partition's records, as `send_only` and `call` take it.
+fn produce_request<'a>(topic: &'a str, acks: i8, records: &'a [u8]) -> ProduceRequest<'a> {
+    ProduceRequest {
+        acks,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: topic,
+            partitions: vec![ProducePartition {
+                partition: 0,
+                records: mlog_wire::protocol::RawBytes(records),
+            }],
+        }],
+    }
+}
+
+/// Whether the broker closed `s` (a read sees the end of the stream, not a timeout).
+fn closed_by_broker(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    matches!(s.read(&mut byte), Ok(0))
+}
+
+#[test]
+fn a_failed_acks0_produce_closes_its_connection_and_nothing_else() {
+    // acks=0 has no response to carry an error: the broker closes the connection instead, as Kafka
+    // does, so the client learns that something went wrong.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut bystander = broker.connect();
+    assert_eq!(
+        create(&mut bystander, "events", 1, &[]).error,
+        ErrorCode::None
+    );
+    let good = batch("good", 2, 0);
+    let mut corrupt = batch("corrupt", 2, 0);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x40; // the CRC covers it
+
+    let mut unknown_topic = broker.connect();
+    send_only(
+        &mut unknown_topic,
+        ApiKey::Produce,
+        1,
+        &produce_request("nope", 0, &good),
+    );
+    assert!(closed_by_broker(&mut unknown_topic), "unknown topic");
+
+    let mut bad_batch = broker.connect();
+    send_only(
+        &mut bad_batch,
+        ApiKey::Produce,
+        1,
+        &produce_request("events", 0, &corrupt),
+    );
+    assert!(closed_by_broker(&mut bad_batch), "corrupt batch");
+
+    // A body that cannot be decoded past `acks`: with acks=0 the connection closes, with acks=1 the
+    // client gets InvalidRequest and the connection stays open.
+    for acks in [0u8, 1] {
+        let mut s = broker.connect();
+        let mut frame = request(
+            ApiKey::Produce,
+            3,
+            &produce_request("events", acks as i8, &good),
+        );
+        frame.truncate(frame.len() - 5);
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        std::io::Write::write_all(&mut s, &frame).unwrap();
+        if acks == 0 {
+            assert!(closed_by_broker(&mut s), "undecodable acks=0 body");
+        } else {
+            assert_eq!(read_response(&mut s).0.error, ErrorCode::InvalidRequest);
+            api_versions_ok(&mut s, 4);
+        }
+    }
+
+    // A good acks=0 produce keeps its connection; nothing failed was stored.
+    let mut s = broker.connect();
+    send_only(
+        &mut s,
+        ApiKey::Produce,
+        5,
+        &produce_request("events", 0, &good),
+    );
+    let r = produce(&mut s, "events", 0, 1, &good);
+    assert_eq!((r.error, r.base_offset), (ErrorCode::None, 2));
+    api_versions_ok(&mut bystander, 6);
+    assert_eq!(broker.terminate(), 0);
+}

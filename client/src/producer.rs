@@ -45,7 +45,9 @@ use crate::produce_frame::{PartitionBatches, ProduceFrame};
 /// The acknowledgement a producer waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
-    /// No response at all.
+    /// No response at all: a record counts as sent once written to the socket. A failure (unknown
+    /// topic, invalid batch) makes the broker close the connection; the failed records are not
+    /// reported, and a later request that finds the connection closed is retried on a new one.
     None,
     /// The leader appended the batch.
     Leader,
