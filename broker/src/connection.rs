@@ -4,7 +4,8 @@
 //! against `max_frame_bytes` before any of it is buffered, so a peer cannot make the broker
 //! allocate more than that. A frame whose length field is out of range breaks framing: the
 //! connection is closed (only this one). A frame that is whole but undecodable gets an
-//! `InvalidRequest` answer and the connection goes on.
+//! `InvalidRequest` answer and the connection goes on, except a Produce with acks=0: it has no
+//! answer, so any failure of one closes the connection (`dispatch::After::Close`).
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;

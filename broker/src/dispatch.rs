@@ -1,7 +1,8 @@
 //! Request dispatch: decode the header, check the API and version, run the handler, encode the
 //! answer. Every failure to decode becomes an error response, except in a Produce with acks=0,
-//! which has no response: any failure of one closes its connection instead. Nothing here panics
-//! on input.
+//! which has no response: a failure of its body or of any partition closes the connection instead
+//! (an unknown API or version is still answered: the body's layout, and so `acks`, is unknown).
+//! Nothing here panics on input.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;

@@ -54,6 +54,8 @@ pub(crate) struct Shard {
     apply_lock: Semaphore,
     /// (Controller) one topic change at a time.
     change_lock: Semaphore,
+    /// Notified each time a table has been applied.
+    table_applied: event_listener::Event,
 }
 
 impl Shard {
@@ -296,6 +298,39 @@ impl Shard {
             }
         }
         *self.topics.borrow_mut() = Rc::new(table);
+        self.table_applied.notify(usize::MAX);
+    }
+
+    /// (Controller) creates the internal offsets topic if the table lacks it, retrying each second
+    /// until it succeeds or the broker stops (a full disk at first start may be freed).
+    async fn ensure_offsets_topic(self: &Rc<Self>) {
+        while !self.stopping() && self.topics.borrow().get(OFFSETS_TOPIC).is_none() {
+            let internal = NewTopic {
+                name: OFFSETS_TOPIC.into(),
+                partitions: OFFSETS_PARTITIONS,
+                configs: group_offsets::offsets_topic_configs(),
+            };
+            for r in self.create_topics(vec![internal]).await {
+                if r.error != ErrorCode::None && r.error != ErrorCode::TopicAlreadyExists {
+                    tracing::error!(error = %r.error, message = ?r.message, "creating the offsets topic failed; retrying");
+                    glommio::timer::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until this shard has applied a table with the offsets topic (the controller creates it
+    /// at first start): before that, group requests would find no partition to store in. Clients'
+    /// connections wait in the listen backlog meanwhile, as a Kafka broker opens its listeners only
+    /// once started.
+    async fn wait_for_offsets_topic(&self) {
+        while !self.stopping() {
+            let applied = self.table_applied.listen();
+            if self.topics.borrow().get(OFFSETS_TOPIC).is_some() {
+                return;
+            }
+            futures_lite::future::or(applied, glommio::timer::sleep(STOP_POLL)).await;
+        }
     }
 
     async fn open_partition(
@@ -545,22 +580,15 @@ pub(crate) fn spawn(
                 partitions: RefCell::new(HashMap::new()),
                 apply_lock: Semaphore::new(1),
                 change_lock: Semaphore::new(1),
+                table_applied: event_listener::Event::new(),
             });
             // Every shard reads the same file at start; afterwards only the controller changes it.
             shard.apply_initial(table).await;
             Mesh::serve(shard.clone(), receivers);
-            if shard.id() == CONTROLLER && shard.topics.borrow().get(OFFSETS_TOPIC).is_none() {
-                let internal = NewTopic {
-                    name: OFFSETS_TOPIC.into(),
-                    partitions: OFFSETS_PARTITIONS,
-                    configs: group_offsets::offsets_topic_configs(),
-                };
-                for r in shard.create_topics(vec![internal]).await {
-                    if r.error != ErrorCode::None {
-                        tracing::error!(error = %r.error, message = ?r.message, "creating the offsets topic failed");
-                    }
-                }
+            if shard.id() == CONTROLLER {
+                shard.ensure_offsets_topic().await;
             }
+            shard.wait_for_offsets_topic().await;
             spawn_retention(shard.clone());
             futures_lite::future::zip(serve(listener, shard.clone()), serve(own, shard.clone())).await;
             let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard.partitions.borrow_mut().drain().collect();

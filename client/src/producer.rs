@@ -46,8 +46,9 @@ use crate::produce_frame::{PartitionBatches, ProduceFrame};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
     /// No response at all: a record counts as sent once written to the socket. A failure (unknown
-    /// topic, invalid batch) makes the broker close the connection; the failed records are not
-    /// reported, and a later request that finds the connection closed is retried on a new one.
+    /// topic, invalid batch) makes the broker close the connection. Nothing is reported: records
+    /// sent after the failure, until a write finds the connection closed, may be lost silently; the
+    /// request whose write fails is retried on a new connection.
     None,
     /// The leader appended the batch.
     Leader,

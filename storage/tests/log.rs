@@ -825,14 +825,15 @@ fn segments_without_timestamps_roll_by_time_since_open() {
     run(|| async {
         let config = LogConfig {
             segment_bytes: 1 << 20,
-            segment_ms: Some(Duration::from_millis(50)),
+            // Long enough that opening the log (its syncs) and two appends fit on a slow disk.
+            segment_ms: Some(Duration::from_millis(1000)),
             ..small_config()
         };
         let log = Log::open(dir.path(), config).await.unwrap();
         log.append(bytes(&batch(1, 1, 10, -1))).await.unwrap();
         log.append(bytes(&batch(2, 1, 10, -1))).await.unwrap();
         assert_eq!(log.segment_bases().len(), 1);
-        glommio::timer::sleep(Duration::from_millis(60)).await;
+        glommio::timer::sleep(Duration::from_millis(1100)).await;
         log.append(bytes(&batch(3, 1, 10, -1))).await.unwrap();
         assert_eq!(log.segment_bases().len(), 2);
         log.close().await.unwrap();
