@@ -24,14 +24,14 @@ fn batch(tag: &str, records: usize, ts: i64) -> Vec<u8> {
     b.build().unwrap()
 }
 
-fn produce(
-    s: &mut std::net::TcpStream,
-    topic: &str,
+/// A Produce request with one partition's records, as `send_only` and `call` take it.
+fn produce_request<'a>(
+    topic: &'a str,
     partition: u32,
     acks: i8,
-    records: &[u8],
-) -> ProducePartitionResponse {
-    let req = ProduceRequest {
+    records: &'a [u8],
+) -> ProduceRequest<'a> {
+    ProduceRequest {
         acks,
         timeout_ms: 10_000,
         topics: vec![ProduceTopic {
@@ -41,8 +41,22 @@ fn produce(
                 records: mlog_wire::protocol::RawBytes(records),
             }],
         }],
-    };
-    let r: ProduceResponse = call(s, ApiKey::Produce, 11, &req);
+    }
+}
+
+fn produce(
+    s: &mut std::net::TcpStream,
+    topic: &str,
+    partition: u32,
+    acks: i8,
+    records: &[u8],
+) -> ProducePartitionResponse {
+    let r: ProduceResponse = call(
+        s,
+        ApiKey::Produce,
+        11,
+        &produce_request(topic, partition, acks, records),
+    );
     r.topics
         .into_iter()
         .next()
@@ -724,21 +738,6 @@ fn long_polls_respect_min_bytes_and_shutdown() {
     let _ = waiter.join();
 }
 
-/// A Produce request with one partition's records, as `send_only` and `call` take it.
-fn produce_request<'a>(topic: &'a str, acks: i8, records: &'a [u8]) -> ProduceRequest<'a> {
-    ProduceRequest {
-        acks,
-        timeout_ms: 10_000,
-        topics: vec![ProduceTopic {
-            name: topic,
-            partitions: vec![ProducePartition {
-                partition: 0,
-                records: mlog_wire::protocol::RawBytes(records),
-            }],
-        }],
-    }
-}
-
 /// Whether the broker closed `s` (a read sees the end of the stream, not a timeout).
 fn closed_by_broker(s: &mut std::net::TcpStream) -> bool {
     use std::io::Read;
@@ -767,7 +766,7 @@ fn a_failed_acks0_produce_closes_its_connection_and_nothing_else() {
         &mut unknown_topic,
         ApiKey::Produce,
         1,
-        &produce_request("nope", 0, &good),
+        &produce_request("nope", 0, 0, &good),
     );
     assert!(closed_by_broker(&mut unknown_topic), "unknown topic");
 
@@ -776,7 +775,7 @@ fn a_failed_acks0_produce_closes_its_connection_and_nothing_else() {
         &mut bad_batch,
         ApiKey::Produce,
         1,
-        &produce_request("events", 0, &corrupt),
+        &produce_request("events", 0, 0, &corrupt),
     );
     assert!(closed_by_broker(&mut bad_batch), "corrupt batch");
 
@@ -787,7 +786,7 @@ fn a_failed_acks0_produce_closes_its_connection_and_nothing_else() {
         let mut frame = request(
             ApiKey::Produce,
             3,
-            &produce_request("events", acks as i8, &good),
+            &produce_request("events", 0, acks as i8, &good),
         );
         frame.truncate(frame.len() - 5);
         let len = (frame.len() - 4) as u32;
@@ -807,7 +806,7 @@ fn a_failed_acks0_produce_closes_its_connection_and_nothing_else() {
         &mut s,
         ApiKey::Produce,
         5,
-        &produce_request("events", 0, &good),
+        &produce_request("events", 0, 0, &good),
     );
     let r = produce(&mut s, "events", 0, 1, &good);
     assert_eq!((r.error, r.base_offset), (ErrorCode::None, 2));
