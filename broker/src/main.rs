@@ -14,9 +14,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Tells mimalloc never to return freed memory to the OS. By default it purges memory that stayed
 /// free for a second, and the next use faults it back in: on the receive path that was a 2 MiB
-/// transparent-huge-page fault inside `recv`, 5-8 ms each (seen with `perf trace`), stalling every
-/// partition of the shard; about 150 such faults per 10 s half-load run. Never purging keeps the
-/// resident set at its high-water mark, which the configuration bounds (docs/architecture.md).
+/// transparent-huge-page fault inside `recv` (calls of 5-8 ms under `perf trace`), stalling every
+/// partition of the shard; 40-150 such faults per 10 s half-load run. Never purging keeps the
+/// resident set at its high-water mark, which the configuration bounds (docs/architecture.md). It
+/// overrides `MIMALLOC_PURGE_DELAY`.
 fn keep_freed_memory() {
     // SAFETY: sets one mimalloc option; mimalloc reads options atomically.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
