@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use mlog_wire::protocol::messages::*;
@@ -561,11 +561,17 @@ fn retention_runs_in_the_background() {
         ("retention.bytes", "131072"),
     ];
     assert_eq!(create(&mut s, "short", 1, &configs).error, ErrorCode::None);
-    for i in 0..100 {
-        assert_eq!(
-            produce(&mut s, "short", 0, 1, &batch(&format!("r{i}"), 40, i)).error,
-            ErrorCode::None
-        );
+    // Current timestamps, so that only retention.bytes deletes (1970's would also expire by age and
+    // leave nothing but the newest batches); acks=all, so that every batch is visible to the fetch
+    // below as soon as it is answered (acks=1 batches become visible with the next group commit).
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // About 1.2 KiB a batch: 400 of them are several segments past retention.bytes.
+    for i in 0..400 {
+        let b = batch(&format!("r{i}"), 40, now_ms + i);
+        assert_eq!(produce(&mut s, "short", 0, -1, &b).error, ErrorCode::None);
     }
     let earliest = |s: &mut std::net::TcpStream| -> i64 {
         let lo: ListOffsetsResponse = call(
@@ -584,6 +590,7 @@ fn retention_runs_in_the_background() {
         );
         lo.topics[0].partitions[0].offset
     };
+    // Retention runs at every roll and every `retention-check-ms`: either moves the start.
     let deadline = Instant::now() + Duration::from_secs(15);
     while earliest(&mut s) == 0 {
         assert!(Instant::now() < deadline, "retention never ran");
