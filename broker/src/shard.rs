@@ -589,8 +589,11 @@ pub(crate) fn spawn(
                 shard.ensure_offsets_topic().await;
             }
             shard.wait_for_offsets_topic().await;
-            spawn_retention(shard.clone());
-            futures_lite::future::zip(serve(listener, shard.clone()), serve(own, shard.clone())).await;
+            // A stop during startup: connections waiting in the backlog are never served.
+            if !shard.stopping() {
+                spawn_retention(shard.clone());
+                futures_lite::future::zip(serve(listener, shard.clone()), serve(own, shard.clone())).await;
+            }
             let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard.partitions.borrow_mut().drain().collect();
             for (key, p) in partitions {
                 if let Err(e) = p.log.close().await {
