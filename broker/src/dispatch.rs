@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use mlog_storage::ReadChunk;
 use mlog_wire::protocol::frame::{
-    decode_body, decode_request, encode_error_response, encode_response, RESPONSE_HEADER_BYTES,
+    decode_request, decode_request_body, encode_error_response, encode_response,
+    RESPONSE_HEADER_BYTES,
 };
 use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::{ApiKey, DecodeError, ErrorCode, Wire};
@@ -115,34 +116,55 @@ async fn serve_api(
     pieces: &mut Vec<Piece>,
 ) -> Result<After, DecodeError> {
     let body = &frame[body_at..];
-    let too_many = |n: usize| n > MAX_REQUEST_PARTITIONS;
+    // Topics (or names) and partitions a request names, each capped by `MAX_REQUEST_PARTITIONS`.
+    let too_many = |topics: usize, partitions: usize| {
+        topics > MAX_REQUEST_PARTITIONS || partitions > MAX_REQUEST_PARTITIONS
+    };
     let refuse = |out: &mut BytesMut| {
-        let msg = format!("a request may name at most {MAX_REQUEST_PARTITIONS} partitions");
+        let msg = format!(
+            "a request may name at most {MAX_REQUEST_PARTITIONS} topics and {MAX_REQUEST_PARTITIONS} partitions"
+        );
         encode_error_response(out, id, ErrorCode::InvalidRequest, &msg);
     };
     match api {
         ApiKey::ApiVersions => {
-            decode_body::<ApiVersionsRequest>(body, "ApiVersionsRequest")?;
+            decode_request_body::<ApiVersionsRequest>(body, "ApiVersionsRequest")?;
             encode_response(out, id, &api_versions());
         }
         ApiKey::Metadata => {
-            let req = decode_body::<MetadataRequest>(body, "MetadataRequest")?;
+            let req = decode_request_body::<MetadataRequest>(body, "MetadataRequest")?;
+            if too_many(req.topics.as_ref().map_or(0, Vec::len), 0) {
+                refuse(out);
+                return Ok(After::Continue);
+            }
             encode_response(out, id, &metadata(shard, req));
         }
         ApiKey::CreateTopics => {
-            let req = decode_body::<CreateTopicsRequest>(body, "CreateTopicsRequest")?;
+            let req = decode_request_body::<CreateTopicsRequest>(body, "CreateTopicsRequest")?;
+            let partitions = req.topics.iter().map(|t| t.partitions as usize).sum();
+            if too_many(req.topics.len(), partitions) {
+                refuse(out);
+                return Ok(After::Continue);
+            }
             let results = topic_change(shard, Op::Create(req.topics)).await;
             encode_response(out, id, &CreateTopicsResponse { results });
         }
         ApiKey::DeleteTopics => {
-            let req = decode_body::<DeleteTopicsRequest>(body, "DeleteTopicsRequest")?;
+            let req = decode_request_body::<DeleteTopicsRequest>(body, "DeleteTopicsRequest")?;
+            if too_many(req.names.len(), 0) {
+                refuse(out);
+                return Ok(After::Continue);
+            }
             let results = topic_change(shard, Op::Delete(req.names)).await;
             encode_response(out, id, &DeleteTopicsResponse { results });
         }
         ApiKey::Produce => {
             let (acks, timeout_ms, parts) = {
-                let req = decode_body::<ProduceRequest<'_>>(body, "ProduceRequest")?;
-                if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+                let req = decode_request_body::<ProduceRequest<'_>>(body, "ProduceRequest")?;
+                if too_many(
+                    req.topics.len(),
+                    req.topics.iter().map(|t| t.partitions.len()).sum(),
+                ) {
                     if req.acks == 0 {
                         return Ok(After::Close);
                     }
@@ -179,37 +201,44 @@ async fn serve_api(
             encode_response(out, id, &resp);
         }
         ApiKey::Fetch => {
-            let req = decode_body::<FetchRequest>(body, "FetchRequest")?;
-            if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+            let req = decode_request_body::<FetchRequest>(body, "FetchRequest")?;
+            if too_many(
+                req.topics.len(),
+                req.topics.iter().map(|t| t.partitions.len()).sum(),
+            ) {
                 refuse(out);
                 return Ok(After::Continue);
             }
             fetch(shard, id, req, pieces).await;
         }
         ApiKey::ListOffsets => {
-            let req = decode_body::<ListOffsetsRequest>(body, "ListOffsetsRequest")?;
-            if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+            let req = decode_request_body::<ListOffsetsRequest>(body, "ListOffsetsRequest")?;
+            if too_many(
+                req.topics.len(),
+                req.topics.iter().map(|t| t.partitions.len()).sum(),
+            ) {
                 refuse(out);
                 return Ok(After::Continue);
             }
             encode_response(out, id, &list_offsets(shard, req).await);
         }
         ApiKey::OffsetCommit => {
-            let req = decode_body::<OffsetCommitRequest>(body, "OffsetCommitRequest")?;
-            if too_many(req.topics.iter().map(|t| t.partitions.len()).sum()) {
+            let req = decode_request_body::<OffsetCommitRequest>(body, "OffsetCommitRequest")?;
+            if too_many(
+                req.topics.len(),
+                req.topics.iter().map(|t| t.partitions.len()).sum(),
+            ) {
                 refuse(out);
                 return Ok(After::Continue);
             }
             encode_response(out, id, &offset_commit(shard, req).await);
         }
         ApiKey::OffsetFetch => {
-            let req = decode_body::<OffsetFetchRequest>(body, "OffsetFetchRequest")?;
+            let req = decode_request_body::<OffsetFetchRequest>(body, "OffsetFetchRequest")?;
+            let topics = req.topics.iter().flatten();
             if too_many(
-                req.topics
-                    .iter()
-                    .flatten()
-                    .map(|t| t.partitions.len())
-                    .sum(),
+                topics.clone().count(),
+                topics.map(|t| t.partitions.len()).sum(),
             ) {
                 refuse(out);
                 return Ok(After::Continue);

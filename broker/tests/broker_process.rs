@@ -71,6 +71,41 @@ fn bad_input_gets_an_error_or_closes_only_that_connection() {
 }
 
 #[test]
+fn requests_naming_too_many_items_are_refused_and_the_connection_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    // Counts beyond what one request may hold: refused before the broker builds anything for them
+    // (100,000 empty names are 200 KB on the wire but would be MBs of strings and answers).
+    let names = |n: usize| MetadataRequest {
+        topics: Some(vec![String::new(); n]),
+    };
+    s.write_all(&request(ApiKey::Metadata, 10, &names(100_000)))
+        .unwrap();
+    assert_eq!(read_response(&mut s).0.error, ErrorCode::InvalidRequest);
+    s.write_all(&request(ApiKey::Metadata, 11, &names(10_001)))
+        .unwrap();
+    assert_eq!(read_response(&mut s).0.error, ErrorCode::InvalidRequest);
+    let topic = |i: usize| NewTopic {
+        name: format!("many-{i}"),
+        partitions: 5_001,
+        configs: vec![],
+    };
+    let create = CreateTopicsRequest {
+        topics: vec![topic(0), topic(1)],
+    };
+    s.write_all(&request(ApiKey::CreateTopics, 12, &create))
+        .unwrap();
+    assert_eq!(read_response(&mut s).0.error, ErrorCode::InvalidRequest);
+    assert!(metadata(&mut s, None)
+        .topics
+        .iter()
+        .all(|t| !t.name.starts_with("many-")));
+    api_versions_ok(&mut s, 13);
+    assert_eq!(broker.terminate(), 0);
+}
+
+#[test]
 fn a_second_broker_on_the_same_data_dir_or_port_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[]);

@@ -40,8 +40,8 @@ use crate::valid_batch::ValidBatch;
 
 /// Group-commit rounds that may run at once. Rounds are independent (a later fdatasync covers every
 /// write completed before it was issued), so more than one is correct; measured on ext4 over a
-/// virtio disk, two overlapping rounds only split the same appends into smaller rounds whose
-/// fdatasyncs queue on the journal anyway (64 appenders x 16 KiB: ~580 MB/s with two, ~700 with one).
+/// virtio disk, two overlapping rounds only split the same appends into smaller rounds and more
+/// fdatasyncs (64 appenders x 16 KiB: ~580 MB/s with two, ~700 with one).
 const MAX_SYNC_ROUNDS: usize = 1;
 
 /// Where an appended batch landed.
@@ -749,8 +749,8 @@ impl Log {
     async fn flush_upto(&self, target: u64) -> Result<()> {
         // Waiters never queue behind a lock: they sleep until a round ends and look again, so everyone
         // a round covered returns at once. A waiter that no running round covers starts a new one
-        // (up to `MAX_SYNC_ROUNDS` at a time): rounds overlap, so an append waits for about one
-        // fdatasync, not for the one in progress plus its own.
+        // once fewer than `MAX_SYNC_ROUNDS` run; with one, an append made during a round waits for
+        // that round and then for the next, which carries every append made meanwhile.
         loop {
             let listener = {
                 let st = self.st.borrow();

@@ -4,8 +4,9 @@
 use bytes::BytesMut;
 use mlog_wire::protocol::codec::{RawBytes, Wire};
 use mlog_wire::protocol::frame::{
-    check_frame, decode_body, decode_request, decode_response, encode_error_response,
-    encode_request, encode_response, FrameError, REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES,
+    check_frame, decode_body, decode_request, decode_request_body, decode_response,
+    encode_error_response, encode_request, encode_response, FrameError, MAX_REQUEST_ITEMS,
+    REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES,
 };
 use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::{ApiKey, DecodeError, ErrorCode, RequestHeader};
@@ -184,6 +185,49 @@ fn a_huge_count_is_refused_before_allocating() {
     let body = [0xff, 0xff, 0xff, 0xff];
     let err = decode_body::<DeleteTopicsRequest>(&body, "d").unwrap_err();
     assert!(matches!(err, DecodeError::Malformed { .. }), "{err:?}");
+}
+
+#[test]
+fn item_counts_are_bounded_over_the_whole_message() {
+    // Empty names take 2 bytes each on the wire but 24 in memory: a request is bounded by the items
+    // it holds, not only by its bytes.
+    let names = |n: usize| DeleteTopicsRequest {
+        names: vec![String::new(); n],
+    };
+    let encode = |m: &DeleteTopicsRequest| {
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf);
+        buf
+    };
+    let at_limit = encode(&names(MAX_REQUEST_ITEMS));
+    let decoded = decode_request_body::<DeleteTopicsRequest>(&at_limit, "d").unwrap();
+    assert_eq!(decoded.names.len(), MAX_REQUEST_ITEMS);
+    let over = encode(&names(MAX_REQUEST_ITEMS + 1));
+    let err = decode_request_body::<DeleteTopicsRequest>(&over, "d").unwrap_err();
+    assert!(matches!(err, DecodeError::Malformed { .. }), "{err:?}");
+    // Responses get the larger default bound, which also counts nested arrays.
+    assert!(decode_body::<DeleteTopicsRequest>(&over, "d").is_ok());
+    let topics = |n: usize, partitions: usize| ProduceResponse {
+        topics: (0..n)
+            .map(|_| ProduceTopicResponse {
+                name: String::new(),
+                partitions: (0..partitions)
+                    .map(|_| ProducePartitionResponse {
+                        partition: 0,
+                        error: ErrorCode::None,
+                        base_offset: 0,
+                        log_start_offset: 0,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut buf = BytesMut::new();
+    topics(1 << 10, (1 << 10) - 1).encode(&mut buf);
+    assert!(decode_body::<ProduceResponse>(&buf, "p").is_ok());
+    buf.clear();
+    topics(1 << 10, 1 << 10).encode(&mut buf);
+    assert!(decode_body::<ProduceResponse>(&buf, "p").is_err());
 }
 
 #[test]

@@ -3,10 +3,12 @@
 //! All integers are big-endian. `string`: u16 length + UTF-8 bytes. `bytes`: u32 length + bytes.
 //! `array<T>`: u32 count + items. `option<T>`: u8 0 (absent) or 1 followed by `T`.
 //!
-//! Decoding never panics and never allocates more than the input could hold: every count is checked
-//! against the bytes left before anything is reserved, so a peer's length field cannot make the
-//! decoder allocate more than the frame it already sent (which the transport bounds by
-//! `max_frame_bytes`).
+//! Decoding never panics, and a peer's counts cannot make it allocate beyond two bounds: every count
+//! is checked against the bytes left before anything is reserved (an item takes at least its
+//! `MIN_BYTES`), and a [`Reader`] decodes at most `max_items` array items in all (every array, nested
+//! ones too). The first alone is not enough: a decoded item can take ~12x its smallest encoding (a
+//! 2-byte empty string becomes a 24-byte `String`), so a 64 MiB frame of empty names would otherwise
+//! decode into gigabytes.
 
 use bytes::{BufMut, BytesMut};
 
@@ -29,16 +31,29 @@ pub enum DecodeError {
     },
 }
 
+/// Array items a [`Reader::new`] decodes in all before refusing the input.
+pub const DEFAULT_MAX_ITEMS: usize = 1 << 20;
+
 /// A cursor over input bytes; every read checks the length first.
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
     buf: &'a [u8],
+    /// Array items this reader may still decode.
+    items_left: usize,
 }
 
 impl<'a> Reader<'a> {
-    /// Reads from `buf`.
+    /// Reads from `buf`, decoding at most [`DEFAULT_MAX_ITEMS`] array items in all.
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf }
+        Self::with_max_items(buf, DEFAULT_MAX_ITEMS)
+    }
+
+    /// Reads from `buf`, decoding at most `max_items` array items in all.
+    pub fn with_max_items(buf: &'a [u8], max_items: usize) -> Self {
+        Reader {
+            buf,
+            items_left: max_items,
+        }
     }
 
     /// Bytes not yet read.
@@ -63,7 +78,8 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
-    /// An array count, checked against the bytes left (each item takes at least `min_item_bytes`).
+    /// An array count, checked against the bytes left (each item takes at least `min_item_bytes`)
+    /// and against the items this reader may still decode.
     pub fn count(
         &mut self,
         min_item_bytes: usize,
@@ -76,6 +92,13 @@ impl<'a> Reader<'a> {
                 reason: "count larger than the bytes that follow",
             });
         }
+        self.items_left = self
+            .items_left
+            .checked_sub(n)
+            .ok_or(DecodeError::Malformed {
+                field,
+                reason: "more array items than one message may hold",
+            })?;
         Ok(n)
     }
 

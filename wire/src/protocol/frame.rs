@@ -204,9 +204,32 @@ pub fn decode_response(frame: &[u8]) -> Result<(ResponseHeader, &[u8]), DecodeEr
     Ok((header, body))
 }
 
-/// Decodes a whole body as `T`, refusing trailing bytes.
+/// Array items one request may hold in all (topics, partitions, names, configs). A broker serves at
+/// most 10,000 partitions and 10,000 topics per request, so this bounds what a request's counts can
+/// make it allocate to a few MB without refusing anything it would serve.
+pub const MAX_REQUEST_ITEMS: usize = 32_768;
+
+/// Decodes a whole body as `T`, refusing trailing bytes and more than `DEFAULT_MAX_ITEMS` array
+/// items (responses: Metadata lists every partition).
 pub fn decode_body<'a, T: Wire<'a>>(body: &'a [u8], what: &'static str) -> Result<T, DecodeError> {
-    let mut r = Reader::new(body);
+    decode_body_bounded(body, what, super::codec::DEFAULT_MAX_ITEMS)
+}
+
+/// Decodes a whole request body as `T`, refusing trailing bytes and more than
+/// [`MAX_REQUEST_ITEMS`] array items.
+pub fn decode_request_body<'a, T: Wire<'a>>(
+    body: &'a [u8],
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    decode_body_bounded(body, what, MAX_REQUEST_ITEMS)
+}
+
+fn decode_body_bounded<'a, T: Wire<'a>>(
+    body: &'a [u8],
+    what: &'static str,
+    max_items: usize,
+) -> Result<T, DecodeError> {
+    let mut r = Reader::with_max_items(body, max_items);
     let value = T::decode(&mut r, what)?;
     r.finish(what)?;
     Ok(value)
