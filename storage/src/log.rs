@@ -423,7 +423,13 @@ impl Log {
                 &checkpoint::u64_payload(log_start),
             )?;
         }
+        let known_epochs = epochs.len();
         epochs.retain(|e| e.start_offset < log_end);
+        if epochs.len() < known_epochs {
+            // Written back, or a dropped entry would return at the next open once the log grew past
+            // its start again.
+            checkpoint::write(&dir, Kind::LeaderEpochs, &encode_epochs(&epochs))?;
+        }
         if clean.is_some() {
             checkpoint::remove(&dir, Kind::CleanShutdown)?;
         }
@@ -678,14 +684,14 @@ impl Log {
     /// Seals the active segment and starts a new one at the log end. Must hold `append_lock`.
     async fn roll(&self) -> Result<()> {
         let new_base = self.st.borrow().log_end;
-        let seg = match self.new_active_segment(new_base).await {
-            Ok(seg) => seg,
-            Err(e) => {
-                // Leave no empty segment behind for a later open to trip over.
-                let _ = remove_segment_files(&self.dir, new_base);
-                return Err(e);
-            }
+        // Until the new segment is in the log, its files are removed if the roll fails or its future
+        // is dropped: appends may go on in the old segment past `new_base`, and a later open would
+        // read a file left there (a recycled one is full of old batches) as a segment out of place.
+        let mut unfinished = UnfinishedSegment {
+            dir: &self.dir,
+            base: Some(new_base),
         };
+        let seg = self.new_active_segment(new_base).await?;
         {
             let mut st = self.st.borrow_mut();
             let active = st.active_mut();
@@ -697,11 +703,20 @@ impl Log {
                 return Err(e);
             }
             st.segments.insert(new_base, seg);
+            unfinished.base = None;
+        }
+        // The new segment's name must be durable before anything appended to it is acknowledged:
+        // if it cannot be made so, the log fails (as on a failed fdatasync).
+        if let Err(e) = checkpoint::sync_dir(&self.dir) {
+            self.st
+                .borrow_mut()
+                .failed
+                .get_or_insert_with(|| e.to_string());
+            return Err(e);
         }
         // Sync the sealed segment now, so unsynced segments (and their buffers) never pile up. A
         // round runs even if every offset is already flushed: the sealed file still needs its trim
         // and its indexes their sync.
-        checkpoint::sync_dir(&self.dir)?;
         self.start_round();
         {
             let _round = RoundGuard(self);
@@ -1306,7 +1321,7 @@ impl Log {
                 let cutoff = now_ms.saturating_sub(age_ms);
                 st.segments
                     .values()
-                    .take_while(|s| s.sealed && s.max_timestamp < cutoff)
+                    .take_while(|s| s.sealed && newest_record_ms(s) < cutoff)
                     .count()
             });
             let n = by_size.max(by_age);
@@ -1558,6 +1573,37 @@ impl Log {
     /// The configuration it runs with.
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+}
+
+/// When a segment's newest record was written, for age retention: its max timestamp or, when its
+/// batches carry none (`-1`, Kafka's "no timestamp"), its file's modification time, as Kafka does.
+/// A segment that cannot be dated is kept.
+fn newest_record_ms(segment: &Segment) -> i64 {
+    if segment.max_timestamp >= 0 {
+        return segment.max_timestamp;
+    }
+    std::fs::metadata(&segment.log_path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Removes the files of a segment being created at `base` when dropped, unless `base` was cleared
+/// (the segment joined the log).
+struct UnfinishedSegment<'a> {
+    dir: &'a Path,
+    base: Option<u64>,
+}
+
+impl Drop for UnfinishedSegment<'_> {
+    fn drop(&mut self) {
+        if let Some(base) = self.base {
+            let _ = remove_segment_files(self.dir, base);
+        }
     }
 }
 

@@ -291,6 +291,55 @@ fn retired_segment_files_are_reused_and_their_stale_batches_never_read_back() {
 }
 
 #[test]
+fn a_roll_dropped_half_way_leaves_no_segment_file_behind() {
+    // A roll renames the spare (a recycled file full of old batches) to the new segment's name, then
+    // opens it. If the append's future is dropped in between, that file must not stay: appends go on
+    // in the old segment past its base, and the next open would read it as a segment out of place
+    // (and drop every segment after it).
+    let dir = tempfile::tempdir().unwrap();
+    let config = retaining_config();
+    let written = run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        let mut written = Vec::new();
+        while files_with_suffix(dir.path(), "spare").is_empty() {
+            written.extend(append_fixed(&log, 1).await);
+        }
+        // Leave two free blocks (of 16) in the active segment, then try a batch of three.
+        let active = *log.segment_bases().last().unwrap();
+        while log.log_end_offset() - active < 14 {
+            written.extend(append_fixed(&log, 1).await);
+        }
+        assert_eq!(*log.segment_bases().last().unwrap(), active);
+        let big = batch(99, 3, 4000, 0);
+        {
+            let mut append = std::pin::pin!(log.append(bytes(&big)));
+            // One poll runs the roll up to its first wait for the disk, after the rename.
+            assert!(futures_lite::future::poll_once(&mut append).await.is_none());
+        }
+        let stray = log.log_end_offset();
+        // Appends that fit go on in the old segment, past the stray base; then a real roll.
+        while *log.segment_bases().last().unwrap() == active {
+            written.extend(append_fixed(&log, 1).await);
+        }
+        written.extend(append_fixed(&log, 3).await);
+        log.flush().await.unwrap();
+        assert!(
+            !log.segment_bases().contains(&stray) && written.last().unwrap().0 > stray,
+            "the test appended past the dropped roll's base {stray}"
+        );
+        let start = log.log_start_offset();
+        written.retain(|(b, _)| *b >= start);
+        written
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        let start = log.log_start_offset();
+        assert_eq!(read_all(&log, start, 1 << 16).await, written);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn a_restart_below_the_log_start_deletes_the_spare() {
     let dir = tempfile::tempdir().unwrap();
     let config = retaining_config();
@@ -378,6 +427,57 @@ fn a_checkpointed_start_past_the_recovered_end_is_lowered_for_good() {
         let log = Log::open(dir.path(), small_config()).await.unwrap();
         assert_eq!(log.log_start_offset(), 40);
         assert_eq!(read_all(&log, 40, 1 << 16).await, written);
+    });
+}
+
+#[test]
+fn a_leader_epoch_lost_with_a_torn_tail_does_not_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = batch(1, 1, 100, 0);
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        log.append_with_epoch(bytes(&first), 1).await.unwrap();
+        log.flush().await.unwrap();
+        // Epoch 2 is checkpointed when it starts, but its batch is lost: the log is dropped
+        // unflushed, and its bytes (if any reached the file) are wiped.
+        log.append_with_epoch(bytes(&batch(2, 1, 100, 0)), 2)
+            .await
+            .unwrap();
+    });
+    let segment = files_with_suffix(dir.path(), "log").remove(0);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 4096], first.len() as u64).unwrap();
+    drop(file);
+    let epochs = |log: &Log| -> Vec<(i32, u64)> {
+        log.leader_epochs()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect()
+    };
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 1);
+        assert_eq!(epochs(&log), vec![(1, 0)]);
+        // The log grows past where epoch 2 started, still in epoch 1.
+        log.append_with_epoch(bytes(&batch(3, 1, 100, 0)), 1)
+            .await
+            .unwrap();
+        log.append_with_epoch(bytes(&batch(4, 1, 100, 0)), 1)
+            .await
+            .unwrap();
+        // Another unclean stop: a clean close would rewrite the epochs anyway.
+        log.flush().await.unwrap();
+    });
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(epochs(&log), vec![(1, 0)]);
+        log.append_with_epoch(bytes(&batch(5, 1, 100, 0)), 1)
+            .await
+            .unwrap();
+        log.close().await.unwrap();
     });
 }
 
@@ -610,6 +710,32 @@ fn retention_by_age_deletes_only_segments_whose_newest_record_expired() {
         );
         // A second pass deletes nothing more.
         assert_eq!(log.enforce_retention(now).await.unwrap(), 0);
+    });
+}
+
+#[test]
+fn retention_by_age_dates_segments_without_timestamps_by_their_file() {
+    // Batches may carry no timestamp (-1): such a segment is as old as its last write, not older
+    // than everything (which would delete it at the first roll).
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let config = LogConfig {
+            retention_ms: Some(hour),
+            retention_bytes: None,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), config).await.unwrap();
+        for i in 0..200u64 {
+            log.append(bytes(&batch(i, 1, 1800, -1))).await.unwrap();
+        }
+        let before = log.segment_bases().len();
+        assert!(before > 3, "{before} segments");
+        assert_eq!(log.enforce_retention(SystemTime::now()).await.unwrap(), 0);
+        assert_eq!(log.log_start_offset(), 0);
+        // Two hours on, every sealed segment has expired; the active one stays.
+        let later = SystemTime::now() + 2 * hour;
+        assert_eq!(log.enforce_retention(later).await.unwrap(), before - 1);
     });
 }
 
