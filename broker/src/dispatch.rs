@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -555,7 +557,7 @@ async fn fetch(shard: &Rc<Shard>, id: u32, req: FetchRequest, pieces: &mut Vec<P
             || total >= req.min_bytes as usize
             || Instant::now() >= deadline
             || shard.stopping();
-        if done || !wait_for_any(shard, &req, deadline).await {
+        if done || !wait_for_any(shard, &req, &answers, deadline).await {
             encode_fetch(id, answers, pieces);
             return;
         }
@@ -668,43 +670,63 @@ async fn read_all(shard: &Rc<Shard>, req: &FetchRequest) -> Vec<(String, Vec<Fet
         .collect()
 }
 
-/// Waits until the high watermark of any requested partition rises, the deadline, or the broker
-/// stopping. Returns false at the deadline.
-async fn wait_for_any(shard: &Rc<Shard>, req: &FetchRequest, deadline: Instant) -> bool {
+/// Waits until the high watermark of any requested partition is above what `answers` saw, the
+/// deadline, or the broker stopping. Returns false at the deadline. One wait per owner shard; the
+/// remote ones end (within `STOP_POLL`) once this returns, so a fetch that loops leaves none behind.
+async fn wait_for_any(
+    shard: &Rc<Shard>,
+    req: &FetchRequest,
+    answers: &[(String, Vec<FetchedPartition>)],
+    deadline: Instant,
+) -> bool {
+    let mut by_owner: BTreeMap<usize, Vec<(String, u32, i64)>> = BTreeMap::new();
+    for (t, (_, seen)) in req.topics.iter().zip(answers) {
+        for (p, seen) in t.partitions.iter().zip(seen) {
+            if exists(shard, &t.name, p.partition) {
+                let owner = topics::owner(&t.name, p.partition, shard.mesh.shards);
+                let part = (t.name.clone(), p.partition, seen.high_watermark);
+                by_owner.entry(owner).or_default().push(part);
+            }
+        }
+    }
+    if by_owner.is_empty() || Instant::now() >= deadline {
+        return false;
+    }
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_return = CancelOnDrop(cancelled.clone());
     let woke = Rc::new(event_listener::Event::new());
     let listener = woke.listen();
-    let mut waits = Vec::new();
-    for t in &req.topics {
-        for p in &t.partitions {
-            if !exists(shard, &t.name, p.partition) {
-                continue;
-            }
-            let (shard, woke) = (shard.clone(), woke.clone());
-            let (topic, partition) = (t.name.clone(), p.partition);
-            waits.push(glommio::spawn_local(async move {
-                let owner = topics::owner(&topic, partition, shard.mesh.shards);
+    let waits: Vec<_> = by_owner
+        .into_iter()
+        .map(|(owner, parts)| {
+            let (shard, woke, cancelled) = (shard.clone(), woke.clone(), cancelled.clone());
+            glommio::spawn_local(async move {
                 if owner == shard.id() {
-                    if let Some(part) = shard.partition(&topic, partition) {
-                        part.wait_for_data(deadline, &shard.stopping).await;
-                    }
+                    shard.wait_for_data(&parts, deadline, &cancelled).await;
                 } else {
                     let op = Op::WaitForData {
-                        topic,
-                        partition,
+                        parts,
                         deadline,
+                        cancelled,
                     };
                     let _ = shard.mesh.call(&shard, owner, op).await;
                 }
                 woke.notify(usize::MAX);
-            }));
-        }
-    }
-    if waits.is_empty() || Instant::now() >= deadline {
-        return false;
-    }
+            })
+        })
+        .collect();
     listener.await;
-    // Dropping `waits` cancels the local waits that did not fire; remote ones end at the deadline.
+    drop(waits);
     Instant::now() < deadline && !shard.stopping()
+}
+
+/// Sets the flag when dropped: tells remote waits that their fetch no longer waits.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Encodes a fetch response by hand so that batch bytes go to the socket untouched.

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_lite::StreamExt;
@@ -44,11 +46,12 @@ pub(crate) enum Op {
         budget: usize,
         have_data: bool,
     },
-    /// Return at the partition's next high-watermark rise, or at `deadline`.
+    /// Return once the high watermark of any of these partitions this shard owns is above the one
+    /// given (what the fetch saw), at `deadline`, or once the fetch sets `cancelled`.
     WaitForData {
-        topic: String,
-        partition: u32,
+        parts: Vec<(String, u32, i64)>,
         deadline: Instant,
+        cancelled: Arc<AtomicBool>,
     },
     /// Look up an offset of a partition this shard owns.
     ListOffset {

@@ -11,6 +11,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use event_listener::Event;
@@ -235,26 +237,46 @@ impl Partition {
         }
     }
 
-    /// Waits for the next rise of the high watermark, `deadline`, or the broker stopping.
-    pub(crate) async fn wait_for_data(
-        &self,
+    /// Waits until the high watermark of any of `parts` (each with the watermark its reader saw)
+    /// is above what was seen, `deadline`, `cancelled`, or the broker stopping. Data that arrived
+    /// after the read but before this call ends the wait at once: the listeners are registered
+    /// before the watermarks are compared.
+    pub(crate) async fn wait_for_any(
+        parts: &[(Rc<Partition>, i64)],
         deadline: Instant,
-        stopping: &std::sync::atomic::AtomicBool,
+        stopping: &AtomicBool,
+        cancelled: &AtomicBool,
     ) {
-        let listener = self.appended.listen();
-        let now = Instant::now();
-        if now >= deadline {
+        let mut listeners: Vec<_> = parts.iter().map(|(p, _)| p.appended.listen()).collect();
+        let risen = || {
+            parts
+                .iter()
+                .any(|(p, seen)| p.log.high_watermark() as i64 > *seen)
+        };
+        if risen() || Instant::now() >= deadline {
             return;
         }
-        futures_lite::future::or(listener, async {
+        let any_append = std::future::poll_fn(|cx| {
+            if listeners
+                .iter_mut()
+                .any(|l| std::pin::Pin::new(l).poll(cx).is_ready())
+            {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        let over = async {
             let step = crate::shard::STOP_POLL;
-            while Instant::now() < deadline && !stopping.load(std::sync::atomic::Ordering::Acquire)
+            while Instant::now() < deadline
+                && !stopping.load(Ordering::Acquire)
+                && !cancelled.load(Ordering::Acquire)
             {
                 glommio::timer::sleep(step.min(deadline.saturating_duration_since(Instant::now())))
                     .await;
             }
-        })
-        .await;
+        };
+        futures_lite::future::or(any_append, over).await;
     }
 
     /// Stores `commits` of `group` durably (append + fdatasync), then applies them.
@@ -307,8 +329,14 @@ impl Partition {
                 offsets(ErrorCode::None, self.log.high_watermark() as i64)
             }
             ts if ts < 0 => offsets(ErrorCode::InvalidRequest, -1),
+            // Only committed records are found (Kafka searches below the high watermark too): an
+            // offset past it could still be rolled back.
             ts => match self.log.offset_for_timestamp(ts).await {
-                Ok(found) => offsets(ErrorCode::None, found.map_or(-1, |o| o as i64)),
+                Ok(found) => {
+                    let hw = self.log.high_watermark();
+                    let committed = found.filter(|o| *o < hw);
+                    offsets(ErrorCode::None, committed.map_or(-1, |o| o as i64))
+                }
                 Err(e) => offsets(storage_error_code(&e), -1),
             },
         }

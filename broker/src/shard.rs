@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
@@ -96,13 +96,11 @@ impl Shard {
                 )
             }
             Op::WaitForData {
-                topic,
-                partition,
+                parts,
                 deadline,
+                cancelled,
             } => {
-                if let Some(p) = self.partition(&topic, partition) {
-                    p.wait_for_data(deadline, &self.stopping).await;
-                }
+                self.wait_for_data(&parts, deadline, &cancelled).await;
                 Reply::Done
             }
             Op::CommitOffsets { group, commits } => {
@@ -130,6 +128,25 @@ impl Shard {
                     high_watermark: -1,
                 },
             }),
+        }
+    }
+
+    /// Waits until the high watermark of any of `parts` (partitions this shard owns, with the
+    /// watermark the fetch saw) rises above it, `deadline`, `cancelled`, or the broker stopping.
+    pub(crate) async fn wait_for_data(
+        &self,
+        parts: &[(String, u32, i64)],
+        deadline: Instant,
+        cancelled: &AtomicBool,
+    ) {
+        let owned: Vec<(Rc<Partition>, i64)> = parts
+            .iter()
+            .filter_map(|(topic, partition, seen)| {
+                Some((self.partition(topic, *partition)?, *seen))
+            })
+            .collect();
+        if !owned.is_empty() {
+            Partition::wait_for_any(&owned, deadline, &self.stopping, cancelled).await;
         }
     }
 
@@ -596,6 +613,10 @@ pub(crate) fn spawn(
             }
             let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard.partitions.borrow_mut().drain().collect();
             for (key, p) in partitions {
+                // A produce request still appending (one forwarded from another shard may be) ends
+                // first: closing between two of its batches would leave the first ones behind, with
+                // the client told nothing was stored.
+                let _no_request_appending = p.produce_lock.acquire_permit(1).await;
                 if let Err(e) = p.log.close().await {
                     tracing::error!(topic = %key.0, partition = key.1, error = %e, "closing partition failed");
                 }

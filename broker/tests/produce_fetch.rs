@@ -285,6 +285,64 @@ fn a_long_poll_fetch_is_woken_by_the_append() {
     assert_eq!(broker.terminate(), 0);
 }
 
+#[test]
+fn a_long_poll_over_both_shards_waits_until_min_bytes_arrived_in_all() {
+    // One fetch names a partition of each shard and wants more than one batch: the first append
+    // wakes it, it reads, still has too little, and waits again from what it saw; the second append
+    // (on the other shard) completes it. Each wait is one per owner shard, cancelled once it ends.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "both", 2, &[]).error, ErrorCode::None);
+    let one = batch("first", 1, 0);
+    let two = batch("second", 1, 0);
+    let min_bytes = (one.len() + two.len()) as u32;
+    let mut reader = broker.connect();
+    let start = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        let req = FetchRequest {
+            max_wait_ms: 20_000,
+            min_bytes,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: "both".into(),
+                partitions: (0..2)
+                    .map(|partition| FetchPartition {
+                        partition,
+                        fetch_offset: 0,
+                        max_bytes: 1 << 20,
+                    })
+                    .collect(),
+            }],
+        };
+        let sizes = call_owned(&mut reader, ApiKey::Fetch, 13, &req, |body| {
+            let r: FetchResponse<'_> =
+                mlog_wire::protocol::frame::decode_body(body, "fetch").unwrap();
+            r.topics[0]
+                .partitions
+                .iter()
+                .map(|p| (p.error, p.records.0.len()))
+                .collect::<Vec<_>>()
+        });
+        (sizes, start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(produce(&mut s, "both", 0, -1, &one).error, ErrorCode::None);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(produce(&mut s, "both", 1, -1, &two).error, ErrorCode::None);
+    let (sizes, waited) = waiter.join().unwrap();
+    assert_eq!(
+        sizes,
+        vec![(ErrorCode::None, one.len()), (ErrorCode::None, two.len())]
+    );
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(10),
+        "answered once both appends arrived ({waited:?})"
+    );
+    api_versions_ok(&mut s, 14);
+    assert_eq!(broker.terminate(), 0);
+}
+
 /// Fetches a whole partition from offset 0.
 fn fetch_all(s: &mut std::net::TcpStream, topic: &str, partition: u32) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
