@@ -373,7 +373,8 @@ async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest) -> OffsetFetch
     }
 }
 
-/// Most partitions one request may name: bounds the work and memory a single frame can cause.
+/// Most topics, and most partitions, one request may name (or create): bounds the work and memory a
+/// single frame can cause.
 const MAX_REQUEST_PARTITIONS: usize = 10_000;
 
 /// Whether `topic` has partition `partition` in this shard's table.

@@ -342,3 +342,73 @@ impl Partition {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use glommio::{LocalExecutorBuilder, Placement};
+    use mlog_storage::{FlushPolicy, LogConfig};
+    use mlog_wire::{NewRecord, RecordBatchBuilder};
+
+    use super::*;
+
+    #[test]
+    fn a_wait_returns_at_once_for_data_that_arrived_before_it_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = LocalExecutorBuilder::new(Placement::Unbound)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let config = LogConfig {
+                segment_bytes: 1 << 20,
+                preallocate_bytes: 1 << 20,
+                flush: FlushPolicy::Never,
+                ..LogConfig::default()
+            };
+            let partition = Rc::new(Partition {
+                log: Log::open(dir.path(), config).await.unwrap(),
+                sync_on_ack: false,
+                appended: Event::new(),
+                groups: None,
+                commit_lock: Semaphore::new(1),
+                produce_lock: Semaphore::new(1),
+                appending_from: Cell::new(None),
+            });
+            let mut batch = RecordBatchBuilder::new();
+            batch.push(NewRecord::new(0, None, Some(b"v"))).unwrap();
+            let records = BytesMut::from(&batch.build().unwrap()[..]);
+            // A reader saw watermark 0; the append lands before its wait begins.
+            let produced = partition.produce(records, Acks::Leader).await;
+            assert_eq!(
+                (produced.error, partition.log.high_watermark()),
+                (ErrorCode::None, 1)
+            );
+            let (stopping, cancelled) = (AtomicBool::new(false), Rc::new(AtomicBool::new(false)));
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs(30);
+            let parts = [(partition.clone(), 0)];
+            Partition::wait_for_any(&parts, deadline, &stopping, &cancelled).await;
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                start.elapsed()
+            );
+            // Nothing new since the watermark seen: the wait lasts until it is cancelled.
+            let canceller = cancelled.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                canceller.store(true, Ordering::Release);
+            })
+            .detach();
+            let parts = [(partition.clone(), 1)];
+            Partition::wait_for_any(&parts, deadline, &stopping, &cancelled).await;
+            let waited = start.elapsed();
+            assert!(
+                waited >= Duration::from_millis(200) && waited < Duration::from_secs(10),
+                "{waited:?}"
+            );
+            partition.log.close().await.unwrap();
+        });
+    }
+}

@@ -421,7 +421,7 @@ impl Shard {
                     format!("topic {} exists", t.name),
                 ))
             } else {
-                topics::log_config(&t.configs).map(|_| ())
+                topics::validate_new_configs(&t.configs)
             };
             results.push(match verdict {
                 Ok(()) => {

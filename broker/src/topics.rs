@@ -54,7 +54,8 @@ impl TopicTable {
                 topics: Vec::new(),
             });
         };
-        let mut r = Reader::new(&payload);
+        // Our own file: its size, not a peer, bounds it.
+        let mut r = Reader::with_max_items(&payload, usize::MAX);
         let table =
             TopicTable::decode(&mut r, "topic table").map_err(|e| format!("{TABLE_FILE}: {e}"))?;
         r.finish("topic table")
@@ -118,6 +119,36 @@ pub(crate) fn validate_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Checks the configs of a topic being created: each key at most once (so a topic holds at most one
+/// entry per known key, and the table and Metadata answers stay small), every value valid.
+pub(crate) fn validate_new_configs(configs: &[ConfigEntry]) -> Result<(), (ErrorCode, String)> {
+    let mut seen: Vec<&str> = Vec::new();
+    for e in configs {
+        // An unknown key ends the loop (`log_config` names it), so `seen` stays small.
+        if !CONFIG_KEYS.contains(&e.key.as_str()) {
+            break;
+        }
+        if seen.contains(&e.key.as_str()) {
+            return Err((
+                ErrorCode::InvalidConfig,
+                format!("configuration key {} given twice", e.key),
+            ));
+        }
+        seen.push(&e.key);
+    }
+    log_config(configs).map(|_| ())
+}
+
+/// The topic configuration keys `log_config` understands.
+const CONFIG_KEYS: [&str; 6] = [
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "max.message.bytes",
+    "flush.interval.ms",
+    "flush.policy",
+];
 
 /// The log configuration a topic's configuration entries give, or the error for the first bad one.
 /// Keys: `retention.ms`, `retention.bytes` (-1: unlimited), `segment.bytes`, `max.message.bytes`,
@@ -221,6 +252,13 @@ mod tests {
         assert!(log_config(&[e("no.such.key", "1")]).is_err());
         assert!(log_config(&[e("flush.policy", "sometimes")]).is_err());
         assert!(log_config(&[e("segment.bytes", "10")]).is_err());
+        let twice = [e("retention.ms", "1"), e("retention.ms", "2")];
+        assert!(
+            log_config(&twice).is_ok(),
+            "tables of older versions still open"
+        );
+        assert!(validate_new_configs(&twice).is_err());
+        assert!(validate_new_configs(&[e("retention.ms", "60000")]).is_ok());
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct LogConfig {
     /// Delete the oldest segments while the log is larger than this. Checked at every roll and by
     /// `Log::enforce_retention`.
     pub retention_bytes: Option<u64>,
-    /// Delete segments whose newest record is older than this.
+    /// Delete segments whose newest record is older than this: by its timestamp or, for records
+    /// without one (-1), by the segment file's modification time.
     pub retention_ms: Option<Duration>,
     /// When appends are synced.
     pub flush: FlushPolicy,

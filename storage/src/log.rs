@@ -1829,11 +1829,15 @@ async fn recover_segment(
         tracing::info!(segment = %path.display(), position = end.valid_upto, bytes = garbage, reason = %why, "recovery cut the segment's tail");
         stats.bytes_truncated += garbage;
     }
-    // Cut the file to its valid prefix: stale batches past it must never be scanned back in.
-    file.truncate(end.valid_upto)
-        .await
-        .ctx("truncating segment", &path)?;
-    file.fdatasync().await.ctx("fdatasync", &path)?;
+    // Cut the file to its valid prefix: stale batches past it must never be scanned back in. A file
+    // already that size is left alone: a truncate would reset its modification time, which dates
+    // timestamp-less segments for retention.
+    if allocated != end.valid_upto {
+        file.truncate(end.valid_upto)
+            .await
+            .ctx("truncating segment", &path)?;
+        file.fdatasync().await.ctx("fdatasync", &path)?;
+    }
     seg.allocated = end.valid_upto;
     if was_sealed {
         seg.seal()?;

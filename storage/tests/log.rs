@@ -316,6 +316,10 @@ fn a_roll_dropped_half_way_leaves_no_segment_file_behind() {
             // One poll runs the roll up to its first wait for the disk, after the rename.
             assert!(futures_lite::future::poll_once(&mut append).await.is_none());
         }
+        assert!(
+            files_with_suffix(dir.path(), "spare").is_empty(),
+            "the dropped roll had taken the spare"
+        );
         let stray = log.log_end_offset();
         // Appends that fit go on in the old segment, past the stray base; then a real roll.
         while *log.segment_bases().last().unwrap() == active {

@@ -205,9 +205,10 @@ pub fn decode_response(frame: &[u8]) -> Result<(ResponseHeader, &[u8]), DecodeEr
 }
 
 /// Array items one request may hold in all (topics, partitions, names, configs). A broker serves at
-/// most 10,000 partitions and 10,000 topics per request, so this bounds what a request's counts can
-/// make it allocate to a few MB without refusing anything it would serve.
-pub const MAX_REQUEST_ITEMS: usize = 32_768;
+/// most 10,000 topics and 10,000 partitions per request, each topic created with at most one entry
+/// per config key (6 keys): at most 70,000 items, so this bounds what a request's counts can make
+/// the broker allocate (about 10 MB) without refusing anything it would serve.
+pub const MAX_REQUEST_ITEMS: usize = 1 << 17;
 
 /// Decodes a whole body as `T`, refusing trailing bytes and more than `DEFAULT_MAX_ITEMS` array
 /// items (responses: Metadata lists every partition).
