@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use mlog_wire::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use mlog_wire::protocol::messages::*;
 use mlog_wire::protocol::{ApiKey, ErrorCode};
 use mlog_wire::RecordBatch;
@@ -19,6 +20,9 @@ use crate::admin::OffsetSpec;
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
 use crate::routes::topic_routes;
+
+/// How long past `max_wait` a fetch's answer may take before the connection counts as lost.
+const FETCH_ANSWER_MARGIN: Duration = Duration::from_secs(30);
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
@@ -94,11 +98,22 @@ struct Fetcher {
 
 impl Fetcher {
     /// Reads the answer to the fetch in flight. Cancellation-safe (see `Connection::response`).
-    async fn read(&mut self) -> Result<(Bytes, Vec<Asked>)> {
+    /// Waits for the fetch in flight's answer, at most `limit` (then the connection is dropped and
+    /// the error is an I/O one, so the poll reroutes and asks again).
+    async fn read(&mut self, limit: Duration) -> Result<(Bytes, Vec<Asked>)> {
         let (Some(conn), Some((id, _))) = (self.conn.as_mut(), &self.in_flight) else {
             return Err(ClientError::Protocol("no fetch in flight".into()));
         };
-        let answer = conn.response(*id).await;
+        let answer = match tokio::time::timeout(limit, conn.response(*id)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ClientError::Io {
+                addr: self.addr.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no fetch answer within max_wait plus 30 s",
+                ),
+            }),
+        };
         let asked = self.in_flight.take().map(|(_, a)| a).unwrap_or_default();
         // After anything but a frame-level error answer, the connection's state is unknown (an
         // oversized or undecodable response leaves bytes unread): the next fetch gets a new one.
@@ -305,12 +320,14 @@ impl Consumer {
 
     async fn poll_once(&mut self) -> Result<Vec<ConsumerRecord>> {
         self.start_fetches().await?;
+        // The broker answers by max_wait (it caps waits at 30 s); this leaves room for the transfer.
+        let limit = self.config.max_wait + FETCH_ANSWER_MARGIN;
         let (body, asked) = {
             let mut waits: Vec<_> = self
                 .fetchers
                 .iter_mut()
                 .filter(|f| f.in_flight.is_some())
-                .map(|f| Box::pin(f.read()))
+                .map(|f| Box::pin(f.read(limit)))
                 .collect();
             if waits.is_empty() {
                 return Ok(Vec::new());
@@ -369,7 +386,9 @@ impl Consumer {
             let req = FetchRequest {
                 max_wait_ms: self.config.max_wait.as_millis().min(u32::MAX as u128) as u32,
                 min_bytes: self.config.min_bytes,
-                max_bytes: 64 << 20,
+                // Half the largest answer the connection accepts: the broker may add one whole batch
+                // past `max_bytes` (so that a large batch is never stuck), which must still fit.
+                max_bytes: (DEFAULT_MAX_FRAME_BYTES / 2) as u32,
                 topics,
             };
             // Out of `f` while writing: a write cancelled half-way drops the connection with it.

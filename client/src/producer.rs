@@ -20,8 +20,11 @@
 //!   resolves to the batch's base offset plus the record's index.
 //!
 //! Retries resend a batch after a retriable error (connection lost, broker stopping, not the owner)
-//! with exponential backoff and a metadata refresh. A timed-out produce is not resent: the broker
-//! may have appended it, and without idempotence a resend would store it twice.
+//! with exponential backoff and a metadata refresh. There is no idempotence yet (no producer ids and
+//! sequence numbers for the broker to drop duplicates by), so delivery on a broken connection is
+//! at-least-once, as with Kafka's producer without idempotence: a batch whose connection broke
+//! after it was written is resent, and if the broker had appended it before it died, it is stored
+//! twice. A timed-out produce is not resent: the broker is then most likely still working on it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -451,20 +454,16 @@ impl Inner {
         }) {
             wake |= part.close_open()?;
         }
-        let open = part.open.get_or_insert_with(|| {
+        if part.open.is_none() {
             wake = true; // the sender learns the new batch's linger deadline
-            OpenBatch {
-                builder: RecordBatchBuilder::with_capacity(
-                    (part.last_batch_bytes.max(4096) + size).min(self.config.batch_bytes + size),
-                ),
-                done: Arc::new(BatchDone::default()),
-                memory: 0,
-                deadline: Instant::now() + self.config.linger,
-            }
-        });
+            part.open = Some(self.open_batch(part.last_batch_bytes, size));
+        }
+        let open = part.open.as_mut().expect("a batch is open");
         if let Err(e) = open.builder.push(record) {
             if open.builder.is_empty() {
-                part.open = None; // no record, no future: an empty batch must never be closed
+                // No record, no future: an empty batch must never be closed. Its reservation goes.
+                self.memory.add_permits(open.memory);
+                part.open = None;
             }
             if memory_held < memory {
                 self.memory.add_permits(memory); // taken here (the caller returns what it held)
@@ -701,11 +700,47 @@ impl Inner {
         }
     }
 
+    /// A new open batch for a partition whose last batch held `last_batch_bytes`, starting with a
+    /// record of `size`. It reserves room for about a batch like the last one (so a busy partition's
+    /// batches are not regrown), and that room counts against `buffer_bytes` like records do: held
+    /// by the batch until it is answered. Without room to spare it starts at the record's size.
+    fn open_batch(&self, last_batch_bytes: usize, size: usize) -> OpenBatch {
+        let want = (last_batch_bytes.max(4096) + size).min(self.config.batch_bytes + size);
+        let extra = want - size;
+        let charged = u32::try_from(extra)
+            .ok()
+            .and_then(|n| self.memory.try_acquire_many(n).ok())
+            .map(|permit| permit.forget());
+        let (capacity, memory) = match charged {
+            Some(()) => (want, extra),
+            None => (size, 0),
+        };
+        OpenBatch {
+            builder: RecordBatchBuilder::with_capacity(capacity),
+            done: Arc::new(BatchDone::default()),
+            memory,
+            deadline: Instant::now() + self.config.linger,
+        }
+    }
+
     /// Reads the topic's partitions and their owners' shard endpoints from Metadata, starting a
     /// sender for every endpoint not seen before.
     async fn refresh(self: &Arc<Self>, topic: &str) -> Result<()> {
-        let mut conn = Connection::connect(self.bootstrap.as_str()).await?;
-        let routes = crate::routes::topic_routes(&mut conn, &self.bootstrap, topic).await?;
+        // Bounded: a stalled bootstrap broker must not stop this endpoint's sender (and every send,
+        // flush and close waiting on it) for good. A timeout is an I/O error, retried with backoff.
+        let lookup = async {
+            let mut conn = Connection::connect(self.bootstrap.as_str()).await?;
+            crate::routes::topic_routes(&mut conn, &self.bootstrap, topic).await
+        };
+        let routes = tokio::time::timeout(self.config.request_timeout, lookup)
+            .await
+            .map_err(|_| ClientError::Io {
+                addr: self.bootstrap.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no metadata within request_timeout",
+                ),
+            })??;
         let mut woken = Vec::new();
         {
             let mut st = lock(&self.state);

@@ -328,36 +328,60 @@ async fn produce(bootstrap: &str, args: ProduceArgs) -> Result<(), ClientError> 
         }
         Ok::<(), ClientError>(())
     });
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
-    while let Some(line) = lines
-        .next_line()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("reading stdin: {e}")))?
-    {
-        let (key, value) = match (&args.key, &args.key_separator) {
-            (Some(k), _) => (Some(k.clone().into_bytes()), line.into_bytes()),
-            (None, Some(sep)) => match line.split_once(sep.as_str()) {
-                Some((k, v)) => (Some(k.as_bytes().to_vec()), v.as_bytes().to_vec()),
-                None => (None, line.into_bytes()),
-            },
-            (None, None) => (None, line.into_bytes()),
-        };
-        // Buffered in input order (so stored in input order within a partition); the
-        // acknowledgements are awaited by the printer, in input order too.
-        let ack = producer
-            .begin_send(&args.topic, args.partition, key.as_deref(), &value, &[])
-            .await?;
-        if tx.send(tokio::spawn(ack)).await.is_err() {
-            break; // the printer stopped on an error: it reports it below
+    // Lines are bytes (any encoding), without their `\n` or `\r\n`. On an error part-way, the
+    // records already sent are still awaited and their offsets printed before it is reported.
+    let sent = async {
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = tokio::io::AsyncBufReadExt::read_until(&mut stdin, b'\n', &mut line)
+                .await
+                .map_err(|e| ClientError::Protocol(format!("reading stdin: {e}")))?;
+            if n == 0 {
+                return Ok(());
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            let (key, value) = match (&args.key, &args.key_separator) {
+                (Some(k), _) => (Some(k.as_bytes()), &line[..]),
+                (None, Some(sep)) => match split_once(&line, sep.as_bytes()) {
+                    Some((k, v)) => (Some(k), v),
+                    None => (None, &line[..]),
+                },
+                (None, None) => (None, &line[..]),
+            };
+            // Buffered in input order (so stored in input order within a partition); the
+            // acknowledgements are awaited by the printer, in input order too.
+            let ack = producer
+                .begin_send(&args.topic, args.partition, key, value, &[])
+                .await?;
+            if tx.send(tokio::spawn(ack)).await.is_err() {
+                return Ok(()); // the printer stopped on an error: it reports it below
+            }
         }
     }
+    .await;
     drop(tx);
     let printed = printer
         .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    producer.close().await?;
-    printed
+        .map_err(|e| ClientError::Protocol(e.to_string()))
+        .and_then(|r| r);
+    let closed = producer.close().await;
+    sent.and(printed).and(closed)
+}
+
+/// Splits `line` at the first `sep`.
+fn split_once<'a>(line: &'a [u8], sep: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    if sep.is_empty() {
+        return None;
+    }
+    let at = line.windows(sep.len()).position(|w| w == sep)?;
+    Some((&line[..at], &line[at + sep.len()..]))
 }
 
 async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), ClientError> {
@@ -403,6 +427,9 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
     let mut last = Instant::now();
     let mut out = std::io::stdout().lock();
     'poll: loop {
+        if args.max_messages.is_some_and(|m| seen >= m) {
+            break;
+        }
         let records = consumer.poll().await?;
         if !records.is_empty() {
             last = Instant::now();
@@ -430,7 +457,8 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
                 .unwrap_or_default();
             let line = if json {
                 json!({ "topic": &*r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
-                    "key": key, "value": value,
+                    "key": r.key.as_deref().map(String::from_utf8_lossy),
+                    "value": r.value.as_deref().map(String::from_utf8_lossy),
                     "headers": r.headers.iter().map(|(k, v)| json!([String::from_utf8_lossy(k), v.as_deref().map(String::from_utf8_lossy)])).collect::<Vec<_>>() })
                 .to_string()
             } else {

@@ -204,6 +204,51 @@ fn topics_produce_consume_and_groups_round_trip() {
 }
 
 #[test]
+fn produce_takes_lines_in_any_encoding_and_zero_max_messages_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let b = broker.addr();
+    ok(mlog(
+        b,
+        &["topic", "create", "raw", "--partitions", "1"],
+        b"",
+    ));
+    // Latin-1 and stray bytes are records too, not a reason to stop.
+    let offsets = ok(mlog(
+        b,
+        &["produce", "raw", "--print-offsets"],
+        b"caf\xe9\n\xff\xfe\r\nplain\n",
+    ));
+    assert_eq!(offsets, "0 0\n0 1\n0 2\n");
+    let consumed = ok(mlog(
+        b,
+        &[
+            "consume",
+            "raw",
+            "--from-beginning",
+            "--max-messages",
+            "3",
+            "--timeout-ms",
+            "5000",
+            "-o",
+            "json",
+        ],
+        b"",
+    ));
+    let values: Vec<serde_json::Value> = consumed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["value"].clone())
+        .collect();
+    assert_eq!(values, ["caf\u{fffd}", "\u{fffd}\u{fffd}", "plain"]);
+    let none = ok(mlog(
+        b,
+        &["consume", "raw", "--from-beginning", "--max-messages", "0"],
+        b"",
+    ));
+    assert_eq!(none, "");
+}
+
+#[test]
 fn bad_arguments_and_unreachable_brokers_are_one_line_and_non_zero() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
