@@ -199,6 +199,23 @@ impl Consumer {
         Ok(())
     }
 
+    /// Stops reading partitions of `topic` (all of them when `None`), e.g. of a deleted topic,
+    /// whose error a poll would otherwise report whenever no other partition has records.
+    pub fn unassign(&mut self, topic: &str, partitions: Option<&[u32]>) {
+        let gone = |t: &str, p: u32| t == topic && partitions.is_none_or(|ps| ps.contains(&p));
+        let addrs: Vec<String> = self
+            .assigned
+            .iter()
+            .filter(|a| gone(&a.topic, a.partition))
+            .map(|a| a.addr.clone())
+            .collect();
+        self.assigned.retain(|a| !gone(&a.topic, a.partition));
+        self.ready.retain(|r| !gone(&r.topic, r.partition));
+        for addr in &addrs {
+            self.abandon_fetch(addr);
+        }
+    }
+
     /// Moves a partition's position.
     ///
     /// ```no_run
@@ -291,9 +308,10 @@ impl Consumer {
             return Ok(Vec::new());
         }
         match self.poll_once().await {
-            // A listener went away (a restarted broker also has new shard ports): look the routes
-            // up again and ask once more. Positions did not move, so nothing is skipped or repeated.
-            Err(ClientError::Io { .. }) => {
+            // A listener went away (a restarted broker also has new shard ports), or a partition
+            // moved or its broker is stopping: look the routes up again and ask once more. Positions
+            // did not move, so nothing is skipped or repeated.
+            Err(e) if e.is_retriable() => {
                 self.fetchers.clear();
                 self.conn = Connection::connect(self.bootstrap.as_str()).await?;
                 self.reroute().await?;
@@ -413,6 +431,9 @@ impl Consumer {
         let mut out = Vec::new();
         let mut resets = Vec::new();
         let mut moved: Vec<(usize, i64)> = Vec::new();
+        // A partition's error does not cost the other partitions their records: it is reported only
+        // by a poll that has nothing else to return (its position stays, so it is asked again).
+        let mut failed = None;
         for t in &resp.topics {
             for p in &t.partitions {
                 let Some(index) = self
@@ -436,10 +457,9 @@ impl Consumer {
                         continue;
                     }
                     code => {
-                        return Err(ClientError::broker(
-                            code,
-                            Some(format!("{}-{}", t.name, p.partition)),
-                        ))
+                        let why = Some(format!("{}-{}", t.name, p.partition));
+                        failed.get_or_insert(ClientError::broker(code, why));
+                        continue;
                     }
                 }
                 let mut position = a.position;
@@ -489,7 +509,10 @@ impl Consumer {
         for (topic, partition, position) in reset_to {
             self.set_position(&topic, partition, position)?;
         }
-        Ok(out)
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Stores the current positions (`position`) as the group's committed offsets.

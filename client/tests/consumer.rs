@@ -116,3 +116,57 @@ async fn consumers_read_everything_in_order_resume_from_commits_and_survive_a_re
         (end, Some(&b"after restart"[..]))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_does_not_stop_the_others_and_can_be_unassigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("kept", 1).await;
+    broker.create_topic("gone", 1).await;
+    let config = ConsumerConfig {
+        max_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::connect(broker.addr(), config).await.unwrap();
+    consumer.assign("kept", None).await.unwrap();
+    consumer.assign("gone", None).await.unwrap();
+    mlog_client::Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .delete_topic("gone")
+        .await
+        .unwrap();
+    let producer = Producer::connect(broker.addr(), ProducerConfig::default())
+        .await
+        .unwrap();
+    producer
+        .send_to("kept", 0, None, b"still read", &[])
+        .await
+        .unwrap();
+    // Polls report the deleted partition only when they have nothing else; the record arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut errors = 0;
+    let record = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record never came"
+        );
+        match consumer.poll().await {
+            Ok(records) if !records.is_empty() => break records[0].clone(),
+            Ok(_) => {}
+            Err(_) => errors += 1,
+        }
+    };
+    assert_eq!(record.value.as_deref(), Some(&b"still read"[..]));
+    // The deleted topic's error shows while nothing else arrives, until it is unassigned.
+    let mut saw_error = errors > 0;
+    for _ in 0..20 {
+        saw_error |= consumer.poll().await.is_err();
+    }
+    assert!(saw_error, "the deleted topic's error is reported");
+    consumer.unassign("gone", None);
+    for _ in 0..5 {
+        assert!(consumer.poll().await.unwrap().is_empty());
+    }
+    producer.close().await.unwrap();
+}
