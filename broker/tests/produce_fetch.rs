@@ -149,9 +149,12 @@ fn produce_then_fetch_byte_for_byte_on_every_partition_and_acks_level() {
         // Requests on one connection are served in order: this answer means the fire-and-forget
         // produce above was processed.
         metadata(&mut s, None);
-        // Read it all back from another connection (maybe the other shard): byte for byte.
+        // Read it all back from another connection (maybe the other shard): byte for byte. The
+        // acks=0 and acks=1 batches become visible with the group commit that follows them, so the
+        // fetch waits (long poll) until everything is there.
         let mut other = broker.connect();
-        let (err, hw, data) = fetch(&mut other, "events", p, 0, 0, 0);
+        let all_bytes = expected.iter().map(Vec::len).sum::<usize>() as u32;
+        let (err, hw, data) = fetch(&mut other, "events", p, 0, 10_000, all_bytes);
         assert_eq!(err, ErrorCode::None);
         assert_eq!(hw, 14);
         assert_eq!(split(&data), expected, "partition {p}");
