@@ -46,6 +46,9 @@ pub struct Connection {
     /// The request being written; kept between requests so that its capacity is reused.
     out: BytesMut,
     max_frame_bytes: usize,
+    /// The stream failed, or a write was cancelled part-way (a frame may be half sent): the next
+    /// write first connects again.
+    broken: bool,
 }
 
 impl Connection {
@@ -66,7 +69,19 @@ impl Connection {
             buf: BytesMut::with_capacity(64 << 10),
             out: BytesMut::new(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            broken: false,
         })
+    }
+
+    /// Connects again if the stream broke, so that a long-lived connection (an `Admin`'s, a
+    /// consumer's to its bootstrap broker) outlives a broker restart or a cancelled request: the
+    /// call that meets the failure reports it, the next one works. Answers still owed on the old
+    /// stream are lost with it.
+    async fn reopen_if_broken(&mut self) -> Result<()> {
+        if self.broken {
+            *self = Connection::connect(self.addr.as_str()).await?;
+        }
+        Ok(())
     }
 
     /// The address this connection was made to.
@@ -122,6 +137,8 @@ impl Connection {
 
     /// Writes one request frame given as pieces, with vectored writes (no copy into one buffer).
     pub(crate) async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.reopen_if_broken().await?;
+        self.broken = true; // until the whole frame is written
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut rest = &mut slices[..];
         IoSlice::advance_slices(&mut rest, 0); // skip leading empty pieces
@@ -133,6 +150,7 @@ impl Connection {
             };
             IoSlice::advance_slices(&mut rest, n);
         }
+        self.broken = false;
         Ok(())
     }
 
@@ -142,6 +160,7 @@ impl Connection {
         api: ApiKey,
         body: &impl Wire<'a>,
     ) -> Result<u32> {
+        self.reopen_if_broken().await?;
         let id = self.take_correlation_id();
         let header = RequestHeader {
             api_key: api as u16,
@@ -150,11 +169,13 @@ impl Connection {
         };
         self.out.clear();
         encode_request(&mut self.out, &header, body);
+        self.broken = true; // until the whole frame is written
         let written = self.stream.write_all(&self.out).await;
         if self.out.capacity() > KEEP_OUT_BYTES {
             self.out = BytesMut::new(); // do not pin a rare huge request's buffer
         }
         written.map_err(|e| self.io(e))?;
+        self.broken = false;
         Ok(id)
     }
 
@@ -203,6 +224,14 @@ impl Connection {
     }
 
     async fn read_frame(&mut self) -> Result<Bytes> {
+        let frame = self.read_frame_inner().await;
+        if frame.is_err() {
+            self.broken = true; // bytes of a frame may be left unread: the stream is out of step
+        }
+        frame
+    }
+
+    async fn read_frame_inner(&mut self) -> Result<Bytes> {
         loop {
             if let Some(n) = check_frame(&self.buf, RESPONSE_HEADER_BYTES, self.max_frame_bytes)? {
                 return Ok(self.buf.split_to(n).freeze());

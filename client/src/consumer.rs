@@ -375,8 +375,9 @@ impl Consumer {
                 });
             }
         }
+        let turn = self.turn;
         for f in self.fetchers.iter_mut().filter(|f| f.in_flight.is_none()) {
-            let asked: Vec<Asked> = self
+            let mut asked: Vec<Asked> = self
                 .assigned
                 .iter()
                 .filter(|a| a.addr == f.addr)
@@ -386,6 +387,12 @@ impl Consumer {
                     offset: a.position,
                 })
                 .collect();
+            // The broker fills a fetch's byte budget in request order: a different partition goes
+            // first each time, so that with a backlog none of them waits behind the others.
+            if !asked.is_empty() {
+                let first = turn % asked.len();
+                asked.rotate_left(first);
+            }
             let mut topics: Vec<FetchTopic> = Vec::new();
             for a in &asked {
                 let p = FetchPartition {

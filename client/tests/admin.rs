@@ -76,3 +76,28 @@ async fn an_unreachable_broker_is_a_clear_io_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_outlives_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let admin = Admin::connect(broker.addr()).await.unwrap();
+    admin.create_topic("before", 1, &[]).await.unwrap();
+    broker.restart(dir.path());
+    // The call that meets the dead connection reports it; the next one connects again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut failures = 0;
+    let topics = loop {
+        assert!(std::time::Instant::now() < deadline, "never reconnected");
+        match admin.list_topics().await {
+            Ok(topics) => break topics,
+            Err(e) => {
+                assert!(e.is_retriable(), "{e}");
+                failures += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(failures <= 2, "{failures} failed calls before reconnecting");
+    assert!(topics.iter().any(|t| t.name == "before"));
+}
