@@ -4,7 +4,11 @@
 //! one shard (that partition's owner) serves the group. A commit is appended as one record batch
 //! (one record per partition: key `(group, topic, partition)`, value `(offset, metadata)`) and
 //! fdatasynced before it is applied to the in-memory table and acknowledged; at start the table is
-//! rebuilt by replaying the partition, the last record for a key winning.
+//! rebuilt by replaying the partition, the last record for a key winning. A record with a key and
+//! no value (a tombstone) removes the key: when a topic is deleted, every shard that owns internal
+//! partitions writes tombstones for that topic's offsets (at every table it applies, also at start,
+//! so a crash in between only delays them), so that a topic created again under the same name
+//! starts with no committed offsets, as in Kafka.
 //!
 //! Not yet done: compaction. The internal topic keeps every commit (retention is off for it), so it
 //! grows with the number of commits.
@@ -60,6 +64,13 @@ mlog_wire::wire_struct! {
 /// One commit entry: `(topic, partition, offset, metadata)`.
 pub(crate) type Commit = (String, u32, i64, String);
 
+/// One stored offset's key: `(group, topic, partition)`.
+pub(crate) type OffsetEntry = (String, String, u32);
+
+/// Tombstones per batch: keys are at most ~500 bytes (names of 249 bytes), so a batch stays far
+/// below the internal topic's 1 MiB batch limit.
+const TOMBSTONES_PER_BATCH: usize = 1000;
+
 /// One group's stored positions: `(topic, partition) -> (offset, metadata)`.
 type Positions = HashMap<(String, u32), (i64, String)>;
 
@@ -88,8 +99,10 @@ impl GroupOffsets {
                     match batch.records() {
                         Ok(records) => {
                             for record in records.flatten() {
-                                if let (Some(k), Some(v)) = (record.key, record.value) {
-                                    table.apply_record(k, v);
+                                match (record.key, record.value) {
+                                    (Some(k), Some(v)) => table.apply_record(k, v),
+                                    (Some(k), None) => table.apply_tombstone(k),
+                                    _ => {}
                                 }
                             }
                         }
@@ -114,6 +127,70 @@ impl GroupOffsets {
             .entry(k.group)
             .or_default()
             .insert((k.topic, k.partition), (v.offset, v.metadata));
+    }
+
+    fn apply_tombstone(&mut self, key: &[u8]) {
+        let Ok(k) = decode::<OffsetKey>(key) else {
+            tracing::warn!("skipping an undecodable offset tombstone");
+            return;
+        };
+        self.remove(&[(k.group, k.topic, k.partition)]);
+    }
+
+    /// The stored entries, as `(group, topic, partition)`, of topics for which `exists` is false.
+    pub(crate) fn of_missing_topics(&self, exists: impl Fn(&str) -> bool) -> Vec<OffsetEntry> {
+        let mut entries: Vec<OffsetEntry> = self
+            .offsets
+            .iter()
+            .flat_map(|(group, positions)| {
+                positions
+                    .keys()
+                    .filter(|(topic, _)| !exists(topic))
+                    .map(move |(topic, partition)| (group.clone(), topic.clone(), *partition))
+            })
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    /// Forgets `entries` (`(group, topic, partition)`); a group left with none goes too.
+    pub(crate) fn remove(&mut self, entries: &[OffsetEntry]) {
+        for (group, topic, partition) in entries {
+            if let Some(positions) = self.offsets.get_mut(group) {
+                positions.remove(&(topic.clone(), *partition));
+                if positions.is_empty() {
+                    self.offsets.remove(group);
+                }
+            }
+        }
+    }
+
+    /// The record batches that remove `entries` (tombstones: the key, no value), a bounded number
+    /// per batch.
+    pub(crate) fn tombstones(entries: &[OffsetEntry]) -> Result<Vec<BytesMut>, ErrorCode> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        entries
+            .chunks(TOMBSTONES_PER_BATCH)
+            .map(|chunk| {
+                let mut builder = RecordBatchBuilder::new();
+                for (group, topic, partition) in chunk {
+                    let key = encode(&OffsetKey {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    });
+                    builder
+                        .push(NewRecord::new(now, Some(&key), None))
+                        .map_err(|_| ErrorCode::MessageTooLarge)?;
+                }
+                builder
+                    .build()
+                    .map(|b| BytesMut::from(&b[..]))
+                    .map_err(|_| ErrorCode::MessageTooLarge)
+            })
+            .collect()
     }
 
     /// The record batch that stores `commits` of `group`.

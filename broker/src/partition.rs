@@ -301,6 +301,32 @@ impl Partition {
         ErrorCode::None
     }
 
+    /// (Partitions of the internal offsets topic) Removes the committed offsets of topics for which
+    /// `exists` is false: tombstones appended and fdatasynced, then the entries dropped. Returns how
+    /// many went.
+    pub(crate) async fn forget_deleted_topics(
+        &self,
+        exists: impl Fn(&str) -> bool,
+    ) -> Result<usize, String> {
+        let Some(groups) = &self.groups else {
+            return Ok(0);
+        };
+        let Ok(_permit) = self.commit_lock.acquire_permit(1).await else {
+            return Err("shutting down".into());
+        };
+        let entries = groups.borrow().of_missing_topics(exists);
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let batches = GroupOffsets::tombstones(&entries).map_err(|code| code.to_string())?;
+        for batch in batches {
+            self.log.append(batch).await.map_err(|e| e.to_string())?;
+        }
+        self.log.flush().await.map_err(|e| e.to_string())?;
+        groups.borrow_mut().remove(&entries);
+        Ok(entries.len())
+    }
+
     /// A group's committed offsets.
     pub(crate) fn fetch_offsets(
         &self,

@@ -261,6 +261,8 @@ impl Shard {
         for key in gone {
             let partition = self.partitions.borrow_mut().remove(&key);
             if let Some(p) = partition {
+                // A produce appending to it ends first (see the shutdown below).
+                let _no_request_appending = p.produce_lock.acquire_permit(1).await;
                 let _ = p.log.close().await;
             }
             let dir = self.partition_dir(&key);
@@ -311,6 +313,24 @@ impl Shard {
                 }
                 Err(e) => {
                     tracing::error!(topic = %key.0, partition = key.1, error = %e, "opening partition failed")
+                }
+            }
+        }
+        // Offsets of deleted topics go (also at start: a crash may have come between the delete and
+        // this), so that a topic created again under the same name starts without them.
+        let offsets: Vec<Rc<Partition>> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(key, _)| key.0 == OFFSETS_TOPIC)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for p in offsets {
+            match p.forget_deleted_topics(|t| table.get(t).is_some()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "removed the group offsets of deleted topics"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing the group offsets of deleted topics failed")
                 }
             }
         }
@@ -617,6 +637,8 @@ pub(crate) fn spawn(
                 // first: closing between two of its batches would leave the first ones behind, with
                 // the client told nothing was stored.
                 let _no_request_appending = p.produce_lock.acquire_permit(1).await;
+                // Likewise a group commit: it is then answered as stored, not as ShuttingDown.
+                let _no_commit_storing = p.commit_lock.acquire_permit(1).await;
                 if let Err(e) = p.log.close().await {
                     tracing::error!(topic = %key.0, partition = key.1, error = %e, "closing partition failed");
                 }

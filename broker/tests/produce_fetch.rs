@@ -577,6 +577,32 @@ fn group_offsets_are_committed_fetched_and_survive_a_restart() {
         vec![("a".to_string(), 1, 1, "m1".to_string())]
     );
     assert!(fetch_offsets(&mut s, "nobody").is_empty());
+    // A deleted topic's offsets go with it: created again, it starts with none, also after a restart.
+    assert_eq!(
+        call::<DeleteTopicsResponse>(
+            &mut s,
+            ApiKey::DeleteTopics,
+            25,
+            &DeleteTopicsRequest {
+                names: vec!["a".into()]
+            }
+        )
+        .results[0]
+            .error,
+        ErrorCode::None
+    );
+    assert_eq!(create(&mut s, "a", 3, &[]).error, ErrorCode::None);
+    assert!(fetch_offsets(&mut s, "g1").is_empty());
+    assert!(fetch_offsets(&mut s, "g2").is_empty());
+    assert_eq!(commit(&mut s, "g2", &[("a", 1, 3)]), vec![ErrorCode::None]);
+    assert_eq!(broker.terminate(), 0);
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert!(fetch_offsets(&mut s, "g1").is_empty());
+    assert_eq!(
+        fetch_offsets(&mut s, "g2"),
+        vec![("a".to_string(), 1, 3, "m3".to_string())]
+    );
     assert_eq!(broker.terminate(), 0);
 }
 
