@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+/// Most shards a broker runs.
+const MAX_SHARDS: usize = 1024;
+
 /// Everything the broker runs with, after merging all sources.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
@@ -30,6 +33,10 @@ pub struct BrokerConfig {
     pub spin_before_park_us: u64,
     /// I/O memory each shard registers with io_uring (counts against `RLIMIT_MEMLOCK`).
     pub io_memory_bytes: usize,
+    /// Partitions the broker holds at most, per shard (all topics, the internal one included):
+    /// each open partition costs file descriptors, index maps and buffers, so CreateTopics refuses
+    /// to go past `shards` times this (as Redpanda's `topic_partitions_per_shard`).
+    pub max_partitions_per_shard: u32,
 }
 
 impl Default for BrokerConfig {
@@ -43,6 +50,7 @@ impl Default for BrokerConfig {
             retention_check_ms: 60_000,
             spin_before_park_us: 0,
             io_memory_bytes: 2 << 20,
+            max_partitions_per_shard: 1000,
         }
     }
 }
@@ -59,6 +67,7 @@ struct FileConfig {
     retention_check_ms: Option<u64>,
     spin_before_park_us: Option<u64>,
     io_memory_bytes: Option<usize>,
+    max_partitions_per_shard: Option<u32>,
 }
 
 /// Command line (each flag also reads its `MLOG_*` environment variable).
@@ -71,7 +80,7 @@ struct FileConfig {
 )]
 pub struct Args {
     /// TOML configuration file (keys: listen, data_dir, shards, shard_port_base, max_frame_bytes,
-    /// retention_check_ms, spin_before_park_us, io_memory_bytes).
+    /// retention_check_ms, spin_before_park_us, io_memory_bytes, max_partitions_per_shard).
     #[arg(long, env = "MLOG_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9092].
@@ -98,6 +107,9 @@ pub struct Args {
     /// io_uring I/O memory per shard in bytes [default: 2 MiB].
     #[arg(long, env = "MLOG_IO_MEMORY_BYTES")]
     pub io_memory_bytes: Option<usize>,
+    /// Most partitions per shard, all topics together [default: 1000].
+    #[arg(long, env = "MLOG_MAX_PARTITIONS_PER_SHARD")]
+    pub max_partitions_per_shard: Option<u32>,
 }
 
 /// Why the configuration cannot be used.
@@ -157,14 +169,19 @@ impl BrokerConfig {
                 .io_memory_bytes
                 .or(file.io_memory_bytes)
                 .unwrap_or(d.io_memory_bytes),
+            max_partitions_per_shard: args
+                .max_partitions_per_shard
+                .or(file.max_partitions_per_shard)
+                .unwrap_or(d.max_partitions_per_shard),
         };
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.shards == 0 || self.shards > u16::MAX as usize {
-            return Err(ConfigError::Invalid("shards must be between 1 and 65535"));
+        // Every pair of shards has a channel, and each shard registers its own I/O memory.
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return Err(ConfigError::Invalid("shards must be between 1 and 1024"));
         }
         if self
             .shard_port_base
@@ -179,9 +196,14 @@ impl BrokerConfig {
                 "retention_check_ms must be at least 1",
             ));
         }
-        if self.max_frame_bytes < 1024 {
+        if !(1024..=1 << 30).contains(&self.max_frame_bytes) {
             return Err(ConfigError::Invalid(
-                "max_frame_bytes must be at least 1024",
+                "max_frame_bytes must be between 1024 and 1 GiB",
+            ));
+        }
+        if self.max_partitions_per_shard == 0 {
+            return Err(ConfigError::Invalid(
+                "max_partitions_per_shard must be at least 1",
             ));
         }
         if self.io_memory_bytes < 64 << 10 {
@@ -237,6 +259,9 @@ mod tests {
         let err = BrokerConfig::load(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
         assert!(BrokerConfig::load(&args(&["--shards", "0"])).is_err());
+        assert!(BrokerConfig::load(&args(&["--shards", "65535"])).is_err());
+        assert!(BrokerConfig::load(&args(&["--max-frame-bytes", "4294967296"])).is_err());
+        assert!(BrokerConfig::load(&args(&["--max-partitions-per-shard", "0"])).is_err());
         assert!(BrokerConfig::load(&args(&["--config", "/nonexistent/broker.toml"])).is_err());
     }
 }

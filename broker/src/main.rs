@@ -23,6 +23,32 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Raises the open-file limit to its hard limit: every partition holds a few files (its segments'
+/// logs and indexes), so the common soft default of 1024 would cap a broker at a few hundred
+/// partitions. Returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 mod config;
 mod connection;
 mod dispatch;
@@ -73,6 +99,15 @@ fn main() {
 
 fn run(args: &Args) -> Result<i32, String> {
     let config = BrokerConfig::load(args).map_err(|e| e.to_string())?;
+    let open_files = raise_open_file_limit();
+    let wanted = u64::from(config.max_partitions_per_shard) * config.shards as u64 * 4;
+    if open_files < wanted {
+        tracing::warn!(
+            open_files,
+            wanted,
+            "the open-file limit may not cover max_partitions_per_shard x shards partitions (a few files each)"
+        );
+    }
     let _lock = node::lock_data_dir(&config.data_dir).map_err(|e| e.to_string())?;
     node::check_port_free(config.listen).map_err(|e| e.to_string())?;
     if let Some(base) = config.shard_port_base {

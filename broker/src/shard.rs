@@ -427,6 +427,8 @@ impl Shard {
         };
         let mut table = (**self.topics.borrow()).clone();
         let mut results = Vec::with_capacity(requested.len());
+        let limit = u64::from(self.config.max_partitions_per_shard) * self.mesh.shards as u64;
+        let mut held: u64 = table.topics.iter().map(|t| u64::from(t.partitions)).sum();
         for t in requested {
             let verdict = if let Err(why) = topics::validate_name(&t.name) {
                 Err((ErrorCode::InvalidTopic, why))
@@ -440,11 +442,20 @@ impl Shard {
                     ErrorCode::TopicAlreadyExists,
                     format!("topic {} exists", t.name),
                 ))
+            } else if held + u64::from(t.partitions) > limit {
+                Err((
+                    ErrorCode::InvalidPartitions,
+                    format!(
+                        "the broker holds {held} partitions of at most {limit} \
+                         (max_partitions_per_shard x shards)"
+                    ),
+                ))
             } else {
                 topics::validate_new_configs(&t.configs)
             };
             results.push(match verdict {
                 Ok(()) => {
+                    held += u64::from(t.partitions);
                     table = table.with_topic(TopicRecord {
                         name: t.name.clone(),
                         partitions: t.partitions,

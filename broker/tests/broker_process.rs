@@ -106,6 +106,20 @@ fn requests_naming_too_many_items_are_refused_and_the_connection_goes_on() {
 }
 
 #[test]
+fn topics_cannot_take_more_partitions_than_the_broker_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two shards (the test broker's) of 10: 20 partitions, of which the internal offsets topic
+    // holds 16.
+    let broker = Broker::start(dir.path(), &["--max-partitions-per-shard", "10"]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "fits", 4, &[]).error, ErrorCode::None);
+    let over = create(&mut s, "over", 1, &[]);
+    assert_eq!(over.error, ErrorCode::InvalidPartitions);
+    assert!(over.message.unwrap_or_default().contains("at most 20"));
+    assert_eq!(broker.terminate(), 0);
+}
+
+#[test]
 fn a_second_broker_on_the_same_data_dir_or_port_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[]);
