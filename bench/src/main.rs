@@ -176,10 +176,12 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
         .duration
         .map(Duration::from_secs)
         .or(opts.messages.is_none().then_some(Duration::from_secs(10)));
+    let from_wall_ns = now_ns().saturating_add(warmup.as_nanos() as u64);
     let window = Window {
         from: measure_from,
-        from_wall_ns: now_ns().saturating_add(warmup.as_nanos() as u64),
+        from_wall_ns,
         until: run_for.map(|d| measure_from + d),
+        until_wall_ns: run_for.map(|d| from_wall_ns.saturating_add(d.as_nanos() as u64)),
     };
     // `--messages` split exactly: the first `m % producers` producers send one more.
     let producers = opts.producers.max(1) as u64;
@@ -215,10 +217,18 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
     let mut consumers = Vec::new();
     if mode != Mode::Produce {
         let expected = opts.messages;
-        for i in 0..opts.consumers.max(1) {
-            let mine: Vec<u32> = (0..partitions)
-                .filter(|p| *p as usize % opts.consumers.max(1) == i)
-                .collect();
+        let assignments: Vec<Vec<u32>> = (0..opts.consumers.max(1))
+            .map(|i| {
+                (0..partitions)
+                    .filter(|p| *p as usize % opts.consumers.max(1) == i)
+                    .collect::<Vec<u32>>()
+            })
+            .filter(|mine| !mine.is_empty())
+            .collect();
+        // Consume mode: every consumer starts the clock once all are connected and assigned.
+        let ready =
+            (mode == Mode::Consume).then(|| Arc::new(tokio::sync::Barrier::new(assignments.len())));
+        for mine in assignments {
             consumers.push(tokio::spawn(consume_worker(
                 opts.clone(),
                 mine,
@@ -226,6 +236,7 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
                 window,
                 expected,
                 mode,
+                ready.clone(),
             )));
         }
     }
@@ -402,7 +413,8 @@ impl Tally {
             self.bytes += p.len as u64;
             self.last = Some(acked);
             let latency = acked.saturating_duration_since(p.sent_at).as_micros() as u64;
-            let _ = self.h.record(latency.max(1));
+            // Beyond the histogram's 60 s bound a latency counts as 60 s, not as nothing.
+            self.h.saturating_record(latency.max(1));
         }
     }
 
@@ -432,7 +444,13 @@ struct Window {
     from_wall_ns: u64,
     /// The end of a `--duration` run.
     until: Option<Instant>,
+    /// The same instant on the wall clock: e2e records stamped later are not measured.
+    until_wall_ns: Option<u64>,
 }
+
+/// How long e2e consumers go on reading after the window ends, for the records sent inside it that
+/// are still on their way (the slowest ones: dropping them would flatter the latency figures).
+const E2E_GRACE: Duration = Duration::from_secs(5);
 
 /// Sends until the window ends or `limit` messages; returns send-to-ack latencies (when `record`).
 async fn produce_worker(
@@ -563,6 +581,7 @@ async fn consume_worker(
     window: Window,
     expected: Option<u64>,
     mode: Mode,
+    ready: Option<Arc<tokio::sync::Barrier>>,
 ) -> Result<Histogram<u64>, ClientError> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -581,16 +600,34 @@ async fn consume_worker(
     };
     let mut consumer = Consumer::connect(&opts.bootstrap, config).await?;
     consumer.assign(&opts.topic, Some(partitions)).await?;
+    let mut window = window;
+    if let Some(ready) = ready {
+        // Consume throughput counts from when every consumer is connected and assigned, not from
+        // before the connections were made.
+        // Bounded: a consumer that failed to connect never arrives.
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready.wait()).await;
+        window.from = Instant::now();
+    }
+    // e2e consumers read on past the window's end for the records sent inside it.
+    let stop_at = window
+        .until
+        .map(|d| if mode == Mode::E2e { d + E2E_GRACE } else { d });
     let mut idle_since = Instant::now();
     loop {
         let now = Instant::now();
-        if window.until.is_some_and(|d| now >= d)
+        if stop_at.is_some_and(|d| now >= d)
             || expected.is_some_and(|e| stats.messages.load(Ordering::Relaxed) >= e)
         {
             break;
         }
         if idle_since.elapsed() > Duration::from_secs(10) {
             break; // nothing more is coming
+        }
+        // Past the window, an e2e consumer idle for a moment has everything sent inside it.
+        if window.until.is_some_and(|d| now >= d)
+            && idle_since.elapsed() > Duration::from_millis(500)
+        {
+            break;
         }
         let records = consumer.poll().await?;
         if !records.is_empty() {
@@ -604,11 +641,11 @@ async fn consume_worker(
             let value = r.value.unwrap_or_default();
             if mode == Mode::E2e && value.len() >= 8 {
                 let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
-                // Records sent during the warm-up are not measured, even when they arrive after it.
-                if sent < window.from_wall_ns {
+                // Records sent during the warm-up, or after the window, are not measured.
+                if sent < window.from_wall_ns || window.until_wall_ns.is_some_and(|u| sent >= u) {
                     continue;
                 }
-                let _ = h.record((arrived.saturating_sub(sent) / 1000).max(1));
+                h.saturating_record((arrived.saturating_sub(sent) / 1000).max(1));
             }
             stats.count(value.len(), window.from);
         }

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use glommio::io::OpenOptions;
+use glommio::io::{DmaFile, OpenOptions};
 use glommio::{LocalExecutorBuilder, Placement};
 use mlog_storage::{FlushPolicy, Log, LogConfig};
 use mlog_wire::batch::{NewRecord, RecordBatchBuilder};
@@ -60,9 +60,22 @@ fn make_batch(batch_bytes: usize) -> Vec<u8> {
     b.build().expect("build")
 }
 
-/// Raw sequential DMA writes of 1 MiB buffers, 8 in flight, into a preallocated file, then one
-/// fdatasync: the disk's limit as the log sees it.
-async fn raw_write_mb_s(dir: &Path, total_bytes: usize) -> f64 {
+/// The raw speeds of the disk, measured in the same run as the rows they are references for.
+#[derive(Clone, Copy)]
+struct Raw {
+    /// Sequential DMA writes into freshly preallocated space (unwritten extents), as a new log's
+    /// segments get them.
+    fresh: f64,
+    /// The same writes over blocks already written, as a recycled segment gets them.
+    overwrite: f64,
+    /// Sequential DMA reads of the written file.
+    read: f64,
+}
+
+/// Raw sequential DMA I/O of 1 MiB buffers, 8 in flight, on one preallocated file: a write pass
+/// into fresh space, then one fdatasync; a second write pass over the written blocks, then one
+/// fdatasync; then a read pass. The disk's limits as the log sees them.
+async fn raw_mb_s(dir: &Path, total_bytes: usize) -> Raw {
     let path = dir.join("raw.dat");
     let file = Rc::new(
         OpenOptions::new()
@@ -77,6 +90,20 @@ async fn raw_write_mb_s(dir: &Path, total_bytes: usize) -> f64 {
     file.pre_allocate(total_bytes as u64, false)
         .await
         .expect("fallocate");
+    let fresh = raw_pass(&file, total_bytes, true).await;
+    let overwrite = raw_pass(&file, total_bytes, true).await;
+    let read = raw_pass(&file, total_bytes, false).await;
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Raw {
+        fresh,
+        overwrite,
+        read,
+    }
+}
+
+/// One sequential pass over `file` (writes, then an fdatasync; or reads), in MB/s.
+async fn raw_pass(file: &Rc<DmaFile>, total_bytes: usize, write: bool) -> f64 {
     let chunk = 1 << 20;
     let sem = Rc::new(glommio::sync::Semaphore::new(8));
     let start = Instant::now();
@@ -84,21 +111,69 @@ async fn raw_write_mb_s(dir: &Path, total_bytes: usize) -> f64 {
     for i in 0..total_bytes / chunk {
         let permit = sem.acquire_static_permit(1).await.expect("permit");
         let file = file.clone();
-        let mut buf = file.alloc_dma_buffer(chunk);
-        buf.as_bytes_mut().fill(0x5a);
+        let pos = (i * chunk) as u64;
+        let buf = write.then(|| {
+            let mut buf = file.alloc_dma_buffer(chunk);
+            buf.as_bytes_mut().fill(0x5a);
+            buf
+        });
         tasks.push(glommio::spawn_local(async move {
-            file.write_at(buf, (i * chunk) as u64).await.expect("write");
+            match buf {
+                Some(buf) => {
+                    file.write_at(buf, pos).await.expect("write");
+                }
+                None => {
+                    file.read_at_aligned(pos, chunk).await.expect("read");
+                }
+            }
             drop(permit);
         }));
     }
     for t in tasks {
         t.await;
     }
-    file.fdatasync().await.expect("fdatasync");
-    let secs = start.elapsed().as_secs_f64();
-    drop(file);
-    let _ = std::fs::remove_file(&path);
-    total_bytes as f64 / MIB / secs
+    if write {
+        file.fdatasync().await.expect("fdatasync");
+    }
+    total_bytes as f64 / MIB / start.elapsed().as_secs_f64()
+}
+
+/// Which raw figure of its run a row is compared with.
+#[derive(Clone, Copy)]
+enum Reference {
+    Fresh,
+    Overwrite,
+    Read,
+    /// No disk involved (cached reads).
+    None,
+}
+
+impl Reference {
+    fn of(self, raw: Raw) -> Option<f64> {
+        match self {
+            Reference::Fresh => Some(raw.fresh),
+            Reference::Overwrite => Some(raw.overwrite),
+            Reference::Read => Some(raw.read),
+            Reference::None => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Reference::Fresh => "raw write",
+            Reference::Overwrite => "raw overwrite",
+            Reference::Read => "raw read",
+            Reference::None => "-",
+        }
+    }
+}
+
+/// A table row: its figure in each run, its sync rounds in each run, and its reference.
+struct Row {
+    name: String,
+    mb_s: Vec<f64>,
+    syncs: Vec<f64>,
+    reference: Reference,
 }
 
 struct AppendResult {
@@ -289,11 +364,18 @@ fn main() {
         let sizes = [(1usize << 10, "1 KiB"), (16 << 10, "16 KiB"), (1 << 20, "1 MiB")];
         let appenders = [1usize, 8, 64];
 
-        let mut raw = Vec::new();
-        let mut rows: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+        let mut raw: Vec<Raw> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
+        let mut record = |i: usize, name: &str, mb_s: f64, syncs: Option<u64>, reference| {
+            if rows.len() <= i {
+                rows.push(Row { name: name.to_string(), mb_s: Vec::new(), syncs: Vec::new(), reference });
+            }
+            rows[i].mb_s.push(mb_s);
+            rows[i].syncs.extend(syncs.map(|s| s as f64));
+        };
         for run in 0..opts.runs {
             eprintln!("run {}/{}", run + 1, opts.runs);
-            raw.push(raw_write_mb_s(dir, total).await);
+            raw.push(raw_mb_s(dir, total).await);
             let mut i = 0;
             for (size, size_name) in sizes {
                 let batch = make_batch(size);
@@ -314,13 +396,13 @@ fn main() {
                             &recycled[..1]
                         };
                         for &recycled in recycled {
-                            let name = if recycled { format!("{name}, recycled segments") } else { name.clone() };
+                            let (name, reference) = if recycled {
+                                (format!("{name}, recycled segments"), Reference::Overwrite)
+                            } else {
+                                (name.clone(), Reference::Fresh)
+                            };
                             let r = append_mb_s(dir, &batch, n, flush, total, max_time, recycled).await;
-                            if rows.len() <= i {
-                                rows.push((name, Vec::new(), Vec::new()));
-                            }
-                            rows[i].1.push(r.mb_s);
-                            rows[i].2.push(r.syncs as f64);
+                            record(i, &name, r.mb_s, Some(r.syncs), reference);
                             i += 1;
                         }
                     }
@@ -330,22 +412,30 @@ fn main() {
                 continue;
             }
             let (cached, cold) = read_mb_s(dir, &make_batch(16 << 10), total.min(256 << 20)).await;
-            for (name, v) in [("read cached batch=16 KiB", cached), ("read cold (disk) batch=16 KiB", cold)] {
-                if rows.len() <= i {
-                    rows.push((name.to_string(), Vec::new(), Vec::new()));
-                }
-                rows[i].1.push(v);
-                i += 1;
-            }
+            record(i, "read cached batch=16 KiB", cached, None, Reference::None);
+            record(i + 1, "read cold (disk) batch=16 KiB", cold, None, Reference::Read);
         }
-        let raw_median = median(raw.clone());
-        println!("\nraw O_DIRECT sequential write (glommio, 1 MiB x 8 in flight): median {raw_median:.0} MB/s of runs {raw:.0?}\n");
-        println!("| measurement | MB/s (median of {}) | ratio to raw | syncs (median) |", opts.runs);
-        println!("|---|---:|---:|---:|");
-        for (name, v, syncs) in rows {
-            let m = median(v);
-            let s = if syncs.is_empty() { String::from("-") } else { format!("{:.0}", median(syncs)) };
-            println!("| {name} | {m:.0} | {:.2} | {s} |", m / raw_median);
+        let per_run = |f: fn(&Raw) -> f64| raw.iter().map(f).collect::<Vec<f64>>();
+        for (what, runs) in [
+            ("write into fresh preallocated space", per_run(|r| r.fresh)),
+            ("overwrite of written blocks", per_run(|r| r.overwrite)),
+            ("read", per_run(|r| r.read)),
+        ] {
+            println!("raw O_DIRECT sequential {what} (glommio, 1 MiB x 8 in flight): median {:.0} MB/s of runs {runs:.0?}", median(runs.clone()));
+        }
+        println!("\nEach ratio is the median over runs of the row's figure divided by its reference measured in the same run.\n");
+        println!("| measurement | MB/s (median of {}) | ratio | reference | syncs (median) |", opts.runs);
+        println!("|---|---:|---:|---|---:|");
+        for row in rows {
+            let ratios: Vec<f64> = row
+                .mb_s
+                .iter()
+                .zip(&raw)
+                .filter_map(|(v, r)| row.reference.of(*r).map(|reference| v / reference))
+                .collect();
+            let ratio = if ratios.is_empty() { String::from("-") } else { format!("{:.2}", median(ratios)) };
+            let syncs = if row.syncs.is_empty() { String::from("-") } else { format!("{:.0}", median(row.syncs)) };
+            println!("| {} | {:.0} | {ratio} | {} | {syncs} |", row.name, median(row.mb_s), row.reference.name());
         }
     });
 }
