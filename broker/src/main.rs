@@ -109,6 +109,10 @@ fn run(args: &Args) -> Result<i32, String> {
         );
     }
     let _lock = node::lock_data_dir(&config.data_dir).map_err(|e| e.to_string())?;
+    // Checked here, before any shard starts, so that a data directory the broker cannot use is one
+    // clear line and exit code 2 (each shard reads the table again when it starts).
+    topics::TopicTable::load(&config.data_dir)
+        .map_err(|e| format!("reading the topic table: {e}"))?;
     node::check_port_free(config.listen).map_err(|e| e.to_string())?;
     if let Some(base) = config.shard_port_base {
         for i in 0..config.shards {

@@ -401,9 +401,15 @@ impl Shard {
             };
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             let known = table.get(topic).is_some_and(|t| partition < t.partitions);
-            if is_dir && !known && topics::validate_name(topic).is_ok() {
+            if !is_dir || known || topics::validate_name(topic).is_err() {
+                continue;
+            }
+            // Only what is surely a partition's log goes; anything else named like one stays.
+            if mlog_storage::is_log_dir(&entry.path(), false) {
                 tracing::warn!(dir = %entry.path().display(), "removing the data of a deleted partition");
                 let _ = std::fs::remove_dir_all(entry.path());
+            } else {
+                tracing::warn!(dir = %entry.path().display(), "leaving a directory named like a partition that holds other files");
             }
         }
     }

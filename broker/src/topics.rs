@@ -43,12 +43,43 @@ mlog_wire::wire_struct! {
     }
 }
 
+/// Directories of `data_dir` named like a partition (`<topic>-<n>`) that hold a log with data.
+fn partition_log_dirs(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let named_like_one =
+                name.to_str()
+                    .and_then(|n| n.rsplit_once('-'))
+                    .is_some_and(|(topic, partition)| {
+                        validate_name(topic).is_ok() && partition.parse::<u32>().is_ok()
+                    });
+            named_like_one && mlog_storage::is_log_dir(&e.path(), true)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 impl TopicTable {
     /// Reads the table from `data_dir` (empty at revision 0 if there is none).
     pub(crate) fn load(data_dir: &Path) -> Result<TopicTable, String> {
         let payload = mlog_storage::checkpoint::read_named(data_dir, TABLE_FILE, TABLE_KIND)
             .map_err(|e| e.to_string())?;
         let Some(payload) = payload else {
+            // No table but partition logs: a damaged or partly restored directory. Starting would
+            // treat every partition as deleted and remove its data.
+            if let Some(dir) = partition_log_dirs(data_dir).first() {
+                return Err(format!(
+                    "{} holds partition data ({}) but no {TABLE_FILE}: restore {TABLE_FILE} or move \
+                     the partition directories away",
+                    data_dir.display(),
+                    dir.display()
+                ));
+            }
             return Ok(TopicTable {
                 revision: 0,
                 topics: Vec::new(),

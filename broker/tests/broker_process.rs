@@ -151,6 +151,40 @@ fn a_second_broker_on_the_same_data_dir_or_port_refuses_to_start() {
 }
 
 #[test]
+fn a_data_dir_missing_its_table_or_holding_foreign_dirs_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "kept", 1, &[]).error, ErrorCode::None);
+    assert_eq!(broker.terminate(), 0);
+    // Something else in the data directory, named like a partition of no topic.
+    let foreign = dir.path().join("build-2");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    assert_eq!(broker.terminate(), 0);
+    assert!(
+        foreign.join("notes.txt").exists(),
+        "a foreign directory was removed"
+    );
+    // Without its topic table, the broker refuses to start rather than treat every partition as
+    // deleted.
+    std::fs::remove_file(dir.path().join("topics.meta")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mlog-broker"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no topics.meta"), "{err}");
+    assert!(
+        dir.path().join("kept-0").exists(),
+        "partition data was removed"
+    );
+}
+
+#[test]
 fn topics_are_created_described_spread_over_shards_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[]);

@@ -38,5 +38,5 @@ mod valid_batch;
 
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{Result, StorageError};
-pub use log::{AppendInfo, EpochEntry, Log, LogRead, ReadChunk, RecoveryStats};
+pub use log::{is_log_dir, AppendInfo, EpochEntry, Log, LogRead, ReadChunk, RecoveryStats};
 pub use valid_batch::ValidBatch;

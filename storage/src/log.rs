@@ -1886,6 +1886,37 @@ fn bases_on_disk(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
+/// Whether `dir` is a log directory: a directory holding only files a `Log` writes (segments,
+/// indexes, spares, checkpoints, temp files), at least one of them a segment when `with_data`. Lets
+/// a caller that cleans up tell a log's directory from anything else that happens to sit beside it.
+pub fn is_log_dir(dir: &Path, with_data: bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut segments = 0;
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return false;
+        };
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            return false;
+        }
+        let known = name.ends_with(checkpoint::TMP_SUFFIX)
+            || Kind::ALL.iter().any(|k| k.file_name() == name)
+            || segment::parse_file_name(name).is_some();
+        if !known {
+            return false;
+        }
+        segments += usize::from(matches!(
+            segment::parse_file_name(name),
+            Some((_, segment::LOG_SUFFIX))
+        ));
+    }
+    !with_data || segments > 0
+}
+
 /// At open: lists segment base offsets and spare segment files (both sorted by base offset),
 /// removing leftover temp files and orphan indexes, and refusing files the log does not know.
 fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<PathBuf>)> {
