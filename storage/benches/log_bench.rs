@@ -344,8 +344,24 @@ fn keep_freed_memory() {
     assert_eq!(set, 2, "glibc refused a mallopt setting");
 }
 
+/// (steal, total) jiffies of all CPUs so far, from /proc/stat (zeros where it cannot be read).
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields.get(7).copied().unwrap_or(0), fields.iter().sum())
+}
+
 fn main() {
     keep_freed_memory();
+    let ticks_at_start = cpu_ticks();
     let opts = parse_opts();
     let io_memory = std::env::var("IOMEM")
         .ok()
@@ -423,6 +439,11 @@ fn main() {
         ] {
             println!("raw O_DIRECT sequential {what} (glommio, 1 MiB x 8 in flight): median {:.0} MB/s of runs {runs:.0?}", median(runs.clone()));
         }
+        // On a shared VM, figures compare only between runs with similar steal.
+        let (steal, total) = cpu_ticks();
+        let steal_pct = 100.0 * steal.saturating_sub(ticks_at_start.0) as f64
+            / total.saturating_sub(ticks_at_start.1).max(1) as f64;
+        println!("CPU time stolen by the hypervisor during the bench: {steal_pct:.0}%");
         println!("\nEach ratio is the median over runs of the row's figure divided by its reference measured in the same run.\n");
         println!("| measurement | MB/s (median of {}) | ratio | reference | syncs (median) |", opts.runs);
         println!("|---|---:|---:|---|---:|");
