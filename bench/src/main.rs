@@ -451,6 +451,8 @@ struct Window {
 /// How long e2e consumers go on reading after the window ends, for the records sent inside it that
 /// are still on their way (the slowest ones: dropping them would flatter the latency figures).
 const E2E_GRACE: Duration = Duration::from_secs(5);
+/// Past the window, how long an e2e consumer may see nothing before it stops early.
+const E2E_IDLE_END: Duration = Duration::from_secs(2);
 
 /// Sends until the window ends or `limit` messages; returns send-to-ack latencies (when `record`).
 async fn produce_worker(
@@ -606,7 +608,12 @@ async fn consume_worker(
         // before the connections were made.
         // Bounded: a consumer that failed to connect never arrives.
         let _ = tokio::time::timeout(Duration::from_secs(30), ready.wait()).await;
-        window.from = Instant::now();
+        let now = Instant::now();
+        // A `--duration` window keeps its length.
+        window.until = window
+            .until
+            .map(|u| u + now.saturating_duration_since(window.from));
+        window.from = now;
     }
     // e2e consumers read on past the window's end for the records sent inside it.
     let stop_at = window
@@ -623,10 +630,9 @@ async fn consume_worker(
         if idle_since.elapsed() > Duration::from_secs(10) {
             break; // nothing more is coming
         }
-        // Past the window, an e2e consumer idle for a moment has everything sent inside it.
-        if window.until.is_some_and(|d| now >= d)
-            && idle_since.elapsed() > Duration::from_millis(500)
-        {
+        // Past the window, an e2e consumer idle for longer than any latency this machine showed
+        // (up to 1.3 s) has everything sent inside it.
+        if window.until.is_some_and(|d| now >= d) && idle_since.elapsed() > E2E_IDLE_END {
             break;
         }
         let records = consumer.poll().await?;

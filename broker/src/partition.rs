@@ -280,13 +280,23 @@ impl Partition {
     }
 
     /// Stores `commits` of `group` durably (append + fdatasync), then applies them.
-    pub(crate) async fn commit_offsets(&self, group: &str, commits: Vec<Commit>) -> ErrorCode {
+    pub(crate) async fn commit_offsets(
+        &self,
+        group: &str,
+        commits: Vec<Commit>,
+        exists: impl Fn(&str) -> bool,
+    ) -> ErrorCode {
         let Some(groups) = &self.groups else {
             return ErrorCode::Unknown;
         };
         let Ok(_permit) = self.commit_lock.acquire_permit(1).await else {
             return ErrorCode::ShuttingDown;
         };
+        // Checked again under the lock the deleted-topic pass takes (`forget_deleted_topics`): a
+        // topic deleted since the request was checked must not have offsets stored after that pass.
+        if commits.iter().any(|(topic, ..)| !exists(topic)) {
+            return ErrorCode::UnknownTopicOrPartition;
+        }
         let batch = match GroupOffsets::batch(group, &commits) {
             Ok(b) => b,
             Err(code) => return code,

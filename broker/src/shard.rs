@@ -106,7 +106,11 @@ impl Shard {
             Op::CommitOffsets { group, commits } => {
                 let p = self.partition(OFFSETS_TOPIC, group_offsets::partition_for(&group));
                 Reply::Committed(match p {
-                    Some(p) => p.commit_offsets(&group, commits).await,
+                    Some(p) => {
+                        let topics = || self.topics.borrow().clone();
+                        p.commit_offsets(&group, commits, |t| topics().get(t).is_some())
+                            .await
+                    }
                     None => ErrorCode::StorageError,
                 })
             }
@@ -317,7 +321,10 @@ impl Shard {
             }
         }
         // Offsets of deleted topics go (also at start: a crash may have come between the delete and
-        // this), so that a topic created again under the same name starts without them.
+        // this), so that a topic created again under the same name starts without them. The table
+        // is in place first: a commit stored after this pass checks its topics against it.
+        let table = Rc::new(table);
+        *self.topics.borrow_mut() = table.clone();
         let offsets: Vec<Rc<Partition>> = self
             .partitions
             .borrow()
@@ -334,7 +341,6 @@ impl Shard {
                 }
             }
         }
-        *self.topics.borrow_mut() = Rc::new(table);
         self.table_applied.notify(usize::MAX);
     }
 
@@ -448,7 +454,8 @@ impl Shard {
                     ErrorCode::TopicAlreadyExists,
                     format!("topic {} exists", t.name),
                 ))
-            } else if held + u64::from(t.partitions) > limit {
+            } else if held + u64::from(t.partitions) > limit && t.name != OFFSETS_TOPIC {
+                // (The internal topic is always created: without it the broker serves nothing.)
                 Err((
                     ErrorCode::InvalidPartitions,
                     format!(

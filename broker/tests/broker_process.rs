@@ -117,6 +117,19 @@ fn topics_cannot_take_more_partitions_than_the_broker_allows() {
     assert_eq!(over.error, ErrorCode::InvalidPartitions);
     assert!(over.message.unwrap_or_default().contains("at most 20"));
     assert_eq!(broker.terminate(), 0);
+    // A limit below the internal topic's 16 partitions still lets the broker create it and serve.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &["--max-partitions-per-shard", "1"]);
+    let mut s = broker.connect();
+    assert!(metadata(&mut s, None)
+        .topics
+        .iter()
+        .any(|t| t.name == "__consumer_offsets"));
+    assert_eq!(
+        create(&mut s, "one", 1, &[]).error,
+        ErrorCode::InvalidPartitions
+    );
+    assert_eq!(broker.terminate(), 0);
 }
 
 #[test]

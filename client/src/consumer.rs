@@ -152,6 +152,8 @@ pub struct Consumer {
     /// Records whose positions already moved but that a poll has not returned yet (it was
     /// cancelled while sending the prefetch): the next poll returns them first.
     ready: Vec<ConsumerRecord>,
+    /// A partition answered with a retriable error: look the routes up again before the next fetch.
+    reroute_pending: bool,
 }
 
 impl Consumer {
@@ -165,6 +167,7 @@ impl Consumer {
             fetchers: Vec::new(),
             turn: 0,
             ready: Vec::new(),
+            reroute_pending: false,
         })
     }
 
@@ -306,6 +309,10 @@ impl Consumer {
         }
         if self.assigned.is_empty() {
             return Ok(Vec::new());
+        }
+        if std::mem::take(&mut self.reroute_pending) {
+            self.fetchers.clear();
+            self.reroute().await?;
         }
         match self.poll_once().await {
             // A listener went away (a restarted broker also has new shard ports), or a partition
@@ -465,7 +472,11 @@ impl Consumer {
                     }
                     code => {
                         let why = Some(format!("{}-{}", t.name, p.partition));
-                        failed.get_or_insert(ClientError::broker(code, why));
+                        let e = ClientError::broker(code, why);
+                        // A partition that moved (or whose broker is stopping) is looked up again
+                        // at the next poll, even if this one has records to return.
+                        self.reroute_pending |= e.is_retriable();
+                        failed.get_or_insert(e);
                         continue;
                     }
                 }

@@ -184,7 +184,11 @@ struct Endpoint {
 struct OpenBatch {
     builder: RecordBatchBuilder,
     done: Arc<BatchDone>,
+    /// `buffer_bytes` permits the batch holds: its records' and its reserved room's.
     memory: usize,
+    /// Reserved room no record has used yet: records fill it first, so a full batch holds about
+    /// its own size, not its reservation plus its records.
+    reserved: usize,
     deadline: Instant,
 }
 
@@ -454,11 +458,11 @@ impl Inner {
         }) {
             wake |= part.close_open()?;
         }
-        if part.open.is_none() {
+        let last_batch_bytes = part.last_batch_bytes;
+        let open = part.open.get_or_insert_with(|| {
             wake = true; // the sender learns the new batch's linger deadline
-            part.open = Some(self.open_batch(part.last_batch_bytes, size));
-        }
-        let open = part.open.as_mut().expect("a batch is open");
+            self.open_batch(last_batch_bytes, size)
+        });
         if let Err(e) = open.builder.push(record) {
             if open.builder.is_empty() {
                 // No record, no future: an empty batch must never be closed. Its reservation goes.
@@ -471,7 +475,13 @@ impl Inner {
             return Err(ClientError::Protocol(e.to_string()));
         }
         let index = (open.builder.len() - 1) as u32;
-        open.memory += memory;
+        // The record lands in room the batch already paid for: that much of its charge goes back.
+        let covered = open.reserved.min(memory);
+        open.reserved -= covered;
+        open.memory += memory - covered;
+        if covered > 0 {
+            self.memory.add_permits(covered);
+        }
         let future = SendFuture {
             done: open.done.clone(),
             partition: p,
@@ -719,6 +729,7 @@ impl Inner {
             builder: RecordBatchBuilder::with_capacity(capacity),
             done: Arc::new(BatchDone::default()),
             memory,
+            reserved: memory,
             deadline: Instant::now() + self.config.linger,
         }
     }

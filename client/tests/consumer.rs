@@ -121,19 +121,20 @@ async fn consumers_read_everything_in_order_resume_from_commits_and_survive_a_re
 async fn a_deleted_topic_does_not_stop_the_others_and_can_be_unassigned() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
+    // Both topics' partition 0 belong to the same shard, so one fetch carries both.
     broker.create_topic("kept", 1).await;
-    broker.create_topic("gone", 1).await;
+    broker.create_topic("removed", 1).await;
     let config = ConsumerConfig {
         max_wait: Duration::from_millis(100),
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::connect(broker.addr(), config).await.unwrap();
     consumer.assign("kept", None).await.unwrap();
-    consumer.assign("gone", None).await.unwrap();
+    consumer.assign("removed", None).await.unwrap();
     mlog_client::Admin::connect(broker.addr())
         .await
         .unwrap()
-        .delete_topic("gone")
+        .delete_topic("removed")
         .await
         .unwrap();
     let producer = Producer::connect(broker.addr(), ProducerConfig::default())
@@ -164,7 +165,7 @@ async fn a_deleted_topic_does_not_stop_the_others_and_can_be_unassigned() {
         saw_error |= consumer.poll().await.is_err();
     }
     assert!(saw_error, "the deleted topic's error is reported");
-    consumer.unassign("gone", None);
+    consumer.unassign("removed", None);
     for _ in 0..5 {
         assert!(consumer.poll().await.unwrap().is_empty());
     }

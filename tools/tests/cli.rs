@@ -240,9 +240,24 @@ fn produce_takes_lines_in_any_encoding_and_zero_max_messages_reads_nothing() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["value"].clone())
         .collect();
     assert_eq!(values, ["caf\u{fffd}", "\u{fffd}\u{fffd}", "plain"]);
+    // Records without a key say so in JSON.
+    let first: serde_json::Value = serde_json::from_str(consumed.lines().next().unwrap()).unwrap();
+    assert!(first["key"].is_null(), "{first}");
+    // Zero messages wanted: done at once, even on an empty topic and with no timeout.
+    ok(mlog(
+        b,
+        &["topic", "create", "empty", "--partitions", "1"],
+        b"",
+    ));
     let none = ok(mlog(
         b,
-        &["consume", "raw", "--from-beginning", "--max-messages", "0"],
+        &[
+            "consume",
+            "empty",
+            "--from-beginning",
+            "--max-messages",
+            "0",
+        ],
         b"",
     ));
     assert_eq!(none, "");
