@@ -184,10 +184,11 @@ struct Endpoint {
 struct OpenBatch {
     builder: RecordBatchBuilder,
     done: Arc<BatchDone>,
-    /// `buffer_bytes` permits the batch holds: its records' and its reserved room's.
+    /// `buffer_bytes` permits the batch holds: its reserved room's and its records'.
     memory: usize,
-    /// Reserved room no record has used yet: records fill it first, so a full batch holds about
-    /// its own size, not its reservation plus its records.
+    /// Permits taken for the reserved room. Records are charged as they come (one atomic operation
+    /// each) and fill that room, so until the batch closes the room they use is charged twice; the
+    /// close returns that part (once per batch, not once per record).
     reserved: usize,
     deadline: Instant,
 }
@@ -202,10 +203,13 @@ struct ClosedBatch {
 
 impl PartitionState {
     /// Moves the open batch (if any) to the queue; true if there was one.
-    fn close_open(&mut self) -> Result<bool> {
-        let Some(open) = self.open.take() else {
+    fn close_open(&mut self, permits: &Semaphore) -> Result<bool> {
+        let Some(mut open) = self.open.take() else {
             return Ok(false);
         };
+        let charged_twice = open.reserved.min(open.memory - open.reserved);
+        permits.add_permits(charged_twice);
+        open.memory -= charged_twice;
         let count = open.builder.len() as i64;
         self.last_batch_bytes = open.builder.encoded_len();
         // Build errors are impossible for a non-empty builder; report one rather than panic.
@@ -456,7 +460,7 @@ impl Inner {
         if part.open.as_ref().is_some_and(|o| {
             !o.builder.is_empty() && o.builder.encoded_len() + size > self.config.batch_bytes
         }) {
-            wake |= part.close_open()?;
+            wake |= part.close_open(&self.memory)?;
         }
         let last_batch_bytes = part.last_batch_bytes;
         let open = part.open.get_or_insert_with(|| {
@@ -475,13 +479,7 @@ impl Inner {
             return Err(ClientError::Protocol(e.to_string()));
         }
         let index = (open.builder.len() - 1) as u32;
-        // The record lands in room the batch already paid for: that much of its charge goes back.
-        let covered = open.reserved.min(memory);
-        open.reserved -= covered;
-        open.memory += memory - covered;
-        if covered > 0 {
-            self.memory.add_permits(covered);
-        }
+        open.memory += memory;
         let future = SendFuture {
             done: open.done.clone(),
             partition: p,
@@ -489,7 +487,7 @@ impl Inner {
             waker_slot: None,
         };
         if open.builder.encoded_len() >= self.config.batch_bytes {
-            wake |= part.close_open()?;
+            wake |= part.close_open(&self.memory)?;
         }
         let endpoint = wake.then(|| part.endpoint.clone());
         drop(st);
@@ -505,7 +503,7 @@ impl Inner {
             let mut st = lock(&self.state);
             for t in st.topics.values_mut() {
                 for part in &mut t.partitions {
-                    part.close_open()?;
+                    part.close_open(&self.memory)?;
                 }
             }
             st.endpoints.values().cloned().collect()
@@ -533,7 +531,7 @@ impl Inner {
                 }
                 if let Some(open) = &part.open {
                     if open.deadline <= now {
-                        part.close_open()?;
+                        part.close_open(&self.memory)?;
                     } else if part.queued.is_empty() {
                         next_deadline =
                             Some(next_deadline.map_or(open.deadline, |d| d.min(open.deadline)));
