@@ -269,8 +269,17 @@ impl Shard {
                 let _no_request_appending = p.produce_lock.acquire_permit(1).await;
                 let _ = p.log.close().await;
             }
+            // On the blocking pool: a partition can hold many GiB of segments, and unlinking them
+            // must not stall this shard's other partitions. Awaited, so that a table applied next
+            // (a topic created again under the same name) never races the removal.
             let dir = self.partition_dir(&key);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+            let removed = glommio::executor()
+                .spawn_blocking({
+                    let dir = dir.clone();
+                    move || std::fs::remove_dir_all(dir)
+                })
+                .await;
+            if let Err(e) = removed {
                 tracing::warn!(dir = %dir.display(), error = %e, "removing a deleted partition failed");
             }
         }

@@ -110,27 +110,20 @@ impl TopicTable {
     }
 
     /// The table with `topic` added (kept sorted), at the next revision.
-    pub(crate) fn with_topic(&self, topic: TopicRecord) -> TopicTable {
-        let mut topics = self.topics.clone();
-        let at = topics.partition_point(|t| t.name < topic.name);
-        topics.insert(at, topic);
-        TopicTable {
-            revision: self.revision + 1,
-            topics,
-        }
+    /// (Takes the table, so that a request creating many topics edits one copy instead of copying
+    /// the whole table for each.)
+    pub(crate) fn with_topic(mut self, topic: TopicRecord) -> TopicTable {
+        let at = self.topics.partition_point(|t| t.name < topic.name);
+        self.topics.insert(at, topic);
+        self.revision += 1;
+        self
     }
 
     /// The table without `name`, at the next revision.
-    pub(crate) fn without_topic(&self, name: &str) -> TopicTable {
-        TopicTable {
-            revision: self.revision + 1,
-            topics: self
-                .topics
-                .iter()
-                .filter(|t| t.name != name)
-                .cloned()
-                .collect(),
-        }
+    pub(crate) fn without_topic(mut self, name: &str) -> TopicTable {
+        self.topics.retain(|t| t.name != name);
+        self.revision += 1;
+        self
     }
 }
 
