@@ -113,12 +113,17 @@ fn run(args: &Args) -> Result<i32, String> {
     // clear line and exit code 2 (each shard reads the table again when it starts).
     topics::TopicTable::load(&config.data_dir)
         .map_err(|e| format!("reading the topic table: {e}"))?;
-    node::check_port_free(config.listen).map_err(|e| e.to_string())?;
+    let mut addrs = vec![config.listen];
     if let Some(base) = config.shard_port_base {
-        for i in 0..config.shards {
-            let addr = std::net::SocketAddr::new(config.listen.ip(), base + i as u16);
-            node::check_port_free(addr).map_err(|e| e.to_string())?;
-        }
+        addrs.extend(
+            (0..config.shards)
+                .map(|i| std::net::SocketAddr::new(config.listen.ip(), base + i as u16)),
+        );
+    }
+    let mut _port_locks = Vec::new();
+    for addr in addrs {
+        _port_locks.push(node::lock_port(addr).map_err(|e| e.to_string())?);
+        node::check_port_free(addr).map_err(|e| e.to_string())?;
     }
     let endpoints: shard::Endpoints = Arc::new(std::sync::Mutex::new(vec![None; config.shards]));
 

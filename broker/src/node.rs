@@ -3,8 +3,9 @@
 //! glommio sets `SO_REUSEPORT` on every listener so that all shards can accept on one port; the same
 //! flag would let a second broker bind that port silently and take half the connections. So before
 //! any shard binds, the broker takes an exclusive lock on `<data_dir>/.lock` (held for the life of
-//! the process, released by the kernel even on `kill -9`) and checks that nothing answers on the
-//! port.
+//! the process, released by the kernel even on `kill -9`), claims its listen addresses among mlog
+//! brokers (`lock_port`, so two starting at once cannot both take one), and checks that nothing
+//! else answers on them.
 
 use std::fs::{File, TryLockError};
 use std::net::SocketAddr;
@@ -58,6 +59,35 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StartError> {
     }
 }
 
+/// A claim on a listen address among mlog brokers of this network namespace: an abstract Unix
+/// socket named after the address, which only one process can bind and which the kernel releases
+/// when the process dies (even on `kill -9`). Closes the window in which two brokers starting at
+/// once both find the port free and both bind it (`SO_REUSEPORT`).
+#[derive(Debug)]
+pub struct PortLock {
+    _socket: std::os::unix::net::UnixListener,
+}
+
+/// Claims `addr` for this process (port 0 needs no claim: it is always a fresh port).
+pub fn lock_port(addr: SocketAddr) -> Result<Option<PortLock>, StartError> {
+    use std::os::linux::net::SocketAddrExt;
+    if addr.port() == 0 {
+        return Ok(None);
+    }
+    let io = |source| StartError::Io {
+        op: "claiming",
+        path: addr.to_string(),
+        source,
+    };
+    let name = std::os::unix::net::SocketAddr::from_abstract_name(format!("mlog-broker {addr}"))
+        .map_err(io)?;
+    match std::os::unix::net::UnixListener::bind_addr(&name) {
+        Ok(socket) => Ok(Some(PortLock { _socket: socket })),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError::AddressInUse(addr)),
+        Err(e) => Err(io(e)),
+    }
+}
+
 /// How long a port must stay served before the broker refuses to start on it.
 const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -102,6 +132,23 @@ pub fn check_port_free(addr: SocketAddr) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_one_process_at_a_time_claims_an_address() {
+        // A port no test broker uses (they listen on port 0 or on their own fixed ports).
+        let addr = SocketAddr::from(([127, 0, 0, 1], 61000 + (std::process::id() % 1000) as u16));
+        let first = lock_port(addr).unwrap();
+        assert!(first.is_some());
+        assert!(matches!(lock_port(addr), Err(StartError::AddressInUse(_))));
+        drop(first);
+        assert!(
+            lock_port(addr).unwrap().is_some(),
+            "released when its holder goes"
+        );
+        assert!(lock_port(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .unwrap()
+            .is_none());
+    }
     use std::net::TcpListener;
 
     #[test]
