@@ -72,6 +72,8 @@ pub(crate) enum Op {
 #[derive(Debug)]
 pub(crate) enum Reply {
     Done,
+    /// A table was applied; the partitions that could not be opened.
+    Applied(Vec<crate::shard::OpenFailure>),
     TopicResults(Vec<TopicResult>),
     Produced(Vec<Produced>),
     Fetched(Vec<RemoteFetch>),

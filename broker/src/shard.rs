@@ -70,10 +70,7 @@ impl Shard {
     /// Runs an operation another shard (or this one) asked for.
     pub(crate) async fn run_op(self: &Rc<Self>, op: Op) -> Reply {
         match op {
-            Op::ApplyTable(table) => {
-                self.apply(table).await;
-                Reply::Done
-            }
+            Op::ApplyTable(table) => Reply::Applied(self.apply(table).await),
             Op::Create(topics) => Reply::TopicResults(self.create_topics(topics).await),
             Op::Delete(names) => Reply::TopicResults(self.delete_topics(names).await),
             Op::Produce { acks, items } => Reply::Produced(self.produce_owned(acks, items).await),
@@ -238,16 +235,18 @@ impl Shard {
 
     /// Applies `table` if it is newer: opens the logs of partitions this shard now owns, closes and
     /// deletes those of topics that are gone.
-    pub(crate) async fn apply(&self, table: TopicTable) {
-        self.apply_table(table, false).await;
+    /// Returns the partitions it could not open, with why.
+    pub(crate) async fn apply(&self, table: TopicTable) -> Vec<OpenFailure> {
+        self.apply_table(table, false).await
     }
 
-    async fn apply_table(&self, table: TopicTable, initial: bool) {
+    async fn apply_table(&self, table: TopicTable, initial: bool) -> Vec<OpenFailure> {
+        let mut failures = Vec::new();
         let Ok(_permit) = self.apply_lock.acquire_permit(1).await else {
-            return;
+            return failures;
         };
         if !initial && table.revision <= self.topics.borrow().revision {
-            return;
+            return failures;
         }
         let wanted: Vec<PartitionKey> = table
             .topics
@@ -307,6 +306,7 @@ impl Shard {
                             Ok(g) => Some(RefCell::new(g)),
                             Err(e) => {
                                 tracing::error!(partition = key.1, error = %e, "replaying group offsets failed");
+                                failures.push((key.0.clone(), key.1, e));
                                 continue;
                             }
                         }
@@ -325,7 +325,8 @@ impl Shard {
                     self.partitions.borrow_mut().insert(key, Rc::new(partition));
                 }
                 Err(e) => {
-                    tracing::error!(topic = %key.0, partition = key.1, error = %e, "opening partition failed")
+                    tracing::error!(topic = %key.0, partition = key.1, error = %e, "opening partition failed");
+                    failures.push((key.0.clone(), key.1, e));
                 }
             }
         }
@@ -351,6 +352,7 @@ impl Shard {
             }
         }
         self.table_applied.notify(usize::MAX);
+        failures
     }
 
     /// (Controller) creates the internal offsets topic if the table lacks it, retrying each second
@@ -546,12 +548,31 @@ impl Shard {
             return;
         }
         for peer in 0..self.mesh.shards {
-            if let Err(why) = self
+            match self
                 .mesh
                 .call(self, peer, Op::ApplyTable(table.clone()))
                 .await
             {
-                tracing::error!(shard = peer, error = %why, "a shard did not apply the topic table");
+                Ok(Reply::Applied(failures)) => {
+                    // The topic exists (its table is durable), but a partition that did not open
+                    // answers StorageError until a restart: the creator is told, not answered OK.
+                    for (topic, partition, why) in failures {
+                        if let Some(r) = results
+                            .iter_mut()
+                            .find(|r| r.name == topic && r.error == ErrorCode::None)
+                        {
+                            r.error = ErrorCode::StorageError;
+                            r.message = Some(format!(
+                                "created, but partition {partition} could not be opened ({why}); \
+                                 it answers StorageError until the broker restarts"
+                            ));
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    tracing::error!(shard = peer, error = %why, "a shard did not apply the topic table")
+                }
             }
         }
     }
@@ -574,6 +595,9 @@ fn fail_all(names: impl Iterator<Item = String>, error: ErrorCode, why: &str) ->
         })
         .collect()
 }
+
+/// A partition a shard could not open: topic, partition, why.
+pub(crate) type OpenFailure = (String, u32, String);
 
 /// Starts shard thread `index` (pinned to a core). It binds `listen`, reports the bound address on
 /// `bound`, joins the mesh, opens its partitions, serves until `stopping` is set, then finishes its

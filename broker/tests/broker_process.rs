@@ -133,6 +133,23 @@ fn topics_cannot_take_more_partitions_than_the_broker_allows() {
 }
 
 #[test]
+fn a_created_topic_whose_partition_cannot_open_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    // A file where the partition's directory must go: its log cannot be opened.
+    std::fs::write(dir.path().join("blocked-0"), b"not a directory").unwrap();
+    let r = create(&mut s, "blocked", 1, &[]);
+    assert_eq!(r.error, ErrorCode::StorageError);
+    assert!(r
+        .message
+        .unwrap_or_default()
+        .contains("could not be opened"));
+    assert_eq!(create(&mut s, "fine", 1, &[]).error, ErrorCode::None);
+    assert_eq!(broker.terminate(), 0);
+}
+
+#[test]
 fn a_second_broker_on_the_same_data_dir_or_port_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[]);
