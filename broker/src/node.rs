@@ -62,7 +62,9 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StartError> {
 /// A claim on a listen address among mlog brokers of this network namespace: an abstract Unix
 /// socket named after the address, which only one process can bind and which the kernel releases
 /// when the process dies (even on `kill -9`). Closes the window in which two brokers starting at
-/// once both find the port free and both bind it (`SO_REUSEPORT`).
+/// once both find the port free and both bind it (`SO_REUSEPORT`). The claim is per address as
+/// written: brokers on `0.0.0.0:P` and `127.0.0.1:P` starting at the same instant are not caught by
+/// it (the port check still finds one already serving).
 #[derive(Debug)]
 pub struct PortLock {
     _socket: std::os::unix::net::UnixListener,

@@ -184,12 +184,13 @@ struct Endpoint {
 struct OpenBatch {
     builder: RecordBatchBuilder,
     done: Arc<BatchDone>,
-    /// `buffer_bytes` permits the batch holds: its reserved room's and its records'.
+    /// `buffer_bytes` permits the batch holds: its reserved room's and, beyond that room, its
+    /// records'.
     memory: usize,
-    /// Permits taken for the reserved room. Records are charged as they come (one atomic operation
-    /// each) and fill that room, so until the batch closes the room they use is charged twice; the
-    /// close returns that part (once per batch, not once per record).
+    /// Room reserved (and charged) when the batch opened, for records after its first.
     reserved: usize,
+    /// Of that room, what records have taken: a record charges only what the rest cannot hold.
+    used: usize,
     deadline: Instant,
 }
 
@@ -203,13 +204,10 @@ struct ClosedBatch {
 
 impl PartitionState {
     /// Moves the open batch (if any) to the queue; true if there was one.
-    fn close_open(&mut self, permits: &Semaphore) -> Result<bool> {
-        let Some(mut open) = self.open.take() else {
+    fn close_open(&mut self) -> Result<bool> {
+        let Some(open) = self.open.take() else {
             return Ok(false);
         };
-        let charged_twice = open.reserved.min(open.memory - open.reserved);
-        permits.add_permits(charged_twice);
-        open.memory -= charged_twice;
         let count = open.builder.len() as i64;
         self.last_batch_bytes = open.builder.encoded_len();
         // Build errors are impossible for a non-empty builder; report one rather than panic.
@@ -446,21 +444,28 @@ impl Inner {
                 t.sticky % count
             }
         };
-        if memory_held < memory {
-            match self.memory.try_acquire_many(memory as u32) {
+        let part = &mut t.partitions[p as usize];
+        // A record that would overflow the open batch closes it first (a record larger than
+        // `batch_bytes` gets a batch of its own).
+        let closes_open = part.open.as_ref().is_some_and(|o| {
+            !o.builder.is_empty() && o.builder.encoded_len() + size > self.config.batch_bytes
+        });
+        // A record that lands in room its batch already paid for is not charged again.
+        let from_room = match &part.open {
+            Some(o) if !closes_open => (o.reserved - o.used).min(memory),
+            _ => 0,
+        };
+        let charge = memory - from_room;
+        if memory_held < memory && charge > 0 {
+            match self.memory.try_acquire_many(charge as u32) {
                 Ok(permit) => permit.forget(),
                 Err(TryAcquireError::NoPermits) => return Ok(Enqueued::NeedsMemory(memory as u32)),
                 Err(TryAcquireError::Closed) => return Err(closed()),
             }
         }
-        let part = &mut t.partitions[p as usize];
         let mut wake = false;
-        // A record that would overflow the open batch closes it first (a record larger than
-        // `batch_bytes` gets a batch of its own).
-        if part.open.as_ref().is_some_and(|o| {
-            !o.builder.is_empty() && o.builder.encoded_len() + size > self.config.batch_bytes
-        }) {
-            wake |= part.close_open(&self.memory)?;
+        if closes_open {
+            wake |= part.close_open()?;
         }
         let last_batch_bytes = part.last_batch_bytes;
         let open = part.open.get_or_insert_with(|| {
@@ -474,12 +479,17 @@ impl Inner {
                 part.open = None;
             }
             if memory_held < memory {
-                self.memory.add_permits(memory); // taken here (the caller returns what it held)
+                self.memory.add_permits(charge); // taken here (the caller returns what it held)
             }
             return Err(ClientError::Protocol(e.to_string()));
         }
         let index = (open.builder.len() - 1) as u32;
-        open.memory += memory;
+        open.used += from_room;
+        open.memory += charge;
+        if memory_held >= memory {
+            // The caller took the whole size; the part the batch's room covers goes back.
+            self.memory.add_permits(from_room);
+        }
         let future = SendFuture {
             done: open.done.clone(),
             partition: p,
@@ -487,7 +497,7 @@ impl Inner {
             waker_slot: None,
         };
         if open.builder.encoded_len() >= self.config.batch_bytes {
-            wake |= part.close_open(&self.memory)?;
+            wake |= part.close_open()?;
         }
         let endpoint = wake.then(|| part.endpoint.clone());
         drop(st);
@@ -503,7 +513,7 @@ impl Inner {
             let mut st = lock(&self.state);
             for t in st.topics.values_mut() {
                 for part in &mut t.partitions {
-                    part.close_open(&self.memory)?;
+                    part.close_open()?;
                 }
             }
             st.endpoints.values().cloned().collect()
@@ -531,7 +541,7 @@ impl Inner {
                 }
                 if let Some(open) = &part.open {
                     if open.deadline <= now {
-                        part.close_open(&self.memory)?;
+                        part.close_open()?;
                     } else if part.queued.is_empty() {
                         next_deadline =
                             Some(next_deadline.map_or(open.deadline, |d| d.min(open.deadline)));
@@ -728,6 +738,7 @@ impl Inner {
             done: Arc::new(BatchDone::default()),
             memory,
             reserved: memory,
+            used: 0,
             deadline: Instant::now() + self.config.linger,
         }
     }
