@@ -118,10 +118,6 @@ async fn serve_api(
     pieces: &mut Vec<Piece>,
 ) -> Result<After, DecodeError> {
     let body = &frame[body_at..];
-    // Topics (or names) and partitions a request names, each capped by `MAX_REQUEST_PARTITIONS`.
-    let too_many = |topics: usize, partitions: usize| {
-        topics > MAX_REQUEST_PARTITIONS || partitions > MAX_REQUEST_PARTITIONS
-    };
     let refuse = |out: &mut BytesMut| {
         let msg = format!(
             "a request may name at most {MAX_REQUEST_PARTITIONS} topics and {MAX_REQUEST_PARTITIONS} partitions"
@@ -135,7 +131,7 @@ async fn serve_api(
         }
         ApiKey::Metadata => {
             let req = decode_request_body::<MetadataRequest>(body, "MetadataRequest")?;
-            if too_many(req.topics.as_ref().map_or(0, Vec::len), 0) {
+            if too_many(req.topics.iter().flatten().map(|_| 0)) {
                 refuse(out);
                 return Ok(After::Continue);
             }
@@ -143,8 +139,7 @@ async fn serve_api(
         }
         ApiKey::CreateTopics => {
             let req = decode_request_body::<CreateTopicsRequest>(body, "CreateTopicsRequest")?;
-            let partitions = req.topics.iter().map(|t| t.partitions as usize).sum();
-            if too_many(req.topics.len(), partitions) {
+            if too_many(req.topics.iter().map(|t| t.partitions as usize)) {
                 refuse(out);
                 return Ok(After::Continue);
             }
@@ -153,7 +148,7 @@ async fn serve_api(
         }
         ApiKey::DeleteTopics => {
             let req = decode_request_body::<DeleteTopicsRequest>(body, "DeleteTopicsRequest")?;
-            if too_many(req.names.len(), 0) {
+            if too_many(req.names.iter().map(|_| 0)) {
                 refuse(out);
                 return Ok(After::Continue);
             }
@@ -163,10 +158,7 @@ async fn serve_api(
         ApiKey::Produce => {
             let (acks, timeout_ms, parts) = {
                 let req = decode_request_body::<ProduceRequest<'_>>(body, "ProduceRequest")?;
-                if too_many(
-                    req.topics.len(),
-                    req.topics.iter().map(|t| t.partitions.len()).sum(),
-                ) {
+                if too_many(req.topics.iter().map(|t| t.partitions.len())) {
                     if req.acks == 0 {
                         return Ok(After::Close);
                     }
@@ -204,10 +196,7 @@ async fn serve_api(
         }
         ApiKey::Fetch => {
             let req = decode_request_body::<FetchRequest>(body, "FetchRequest")?;
-            if too_many(
-                req.topics.len(),
-                req.topics.iter().map(|t| t.partitions.len()).sum(),
-            ) {
+            if too_many(req.topics.iter().map(|t| t.partitions.len())) {
                 refuse(out);
                 return Ok(After::Continue);
             }
@@ -215,10 +204,7 @@ async fn serve_api(
         }
         ApiKey::ListOffsets => {
             let req = decode_request_body::<ListOffsetsRequest>(body, "ListOffsetsRequest")?;
-            if too_many(
-                req.topics.len(),
-                req.topics.iter().map(|t| t.partitions.len()).sum(),
-            ) {
+            if too_many(req.topics.iter().map(|t| t.partitions.len())) {
                 refuse(out);
                 return Ok(After::Continue);
             }
@@ -226,10 +212,7 @@ async fn serve_api(
         }
         ApiKey::OffsetCommit => {
             let req = decode_request_body::<OffsetCommitRequest>(body, "OffsetCommitRequest")?;
-            if too_many(
-                req.topics.len(),
-                req.topics.iter().map(|t| t.partitions.len()).sum(),
-            ) {
+            if too_many(req.topics.iter().map(|t| t.partitions.len())) {
                 refuse(out);
                 return Ok(After::Continue);
             }
@@ -237,11 +220,7 @@ async fn serve_api(
         }
         ApiKey::OffsetFetch => {
             let req = decode_request_body::<OffsetFetchRequest>(body, "OffsetFetchRequest")?;
-            let topics = req.topics.iter().flatten();
-            if too_many(
-                topics.clone().count(),
-                topics.map(|t| t.partitions.len()).sum(),
-            ) {
+            if too_many(req.topics.iter().flatten().map(|t| t.partitions.len())) {
                 refuse(out);
                 return Ok(After::Continue);
             }
@@ -376,6 +355,13 @@ async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest) -> OffsetFetch
 /// Most topics, and most partitions, one request may name (or create): bounds the work and memory a
 /// single frame can cause.
 const MAX_REQUEST_PARTITIONS: usize = 10_000;
+
+/// Whether a request names too many topics or partitions, given each topic's partition count (0
+/// for a bare name).
+fn too_many(partitions_per_topic: impl Iterator<Item = usize>) -> bool {
+    let (topics, partitions) = partitions_per_topic.fold((0, 0), |(t, p), n| (t + 1, p + n));
+    topics > MAX_REQUEST_PARTITIONS || partitions > MAX_REQUEST_PARTITIONS
+}
 
 /// Whether `topic` has partition `partition` in this shard's table.
 fn exists(shard: &Shard, topic: &str, partition: u32) -> bool {

@@ -104,9 +104,8 @@ impl Shard {
                 let p = self.partition(OFFSETS_TOPIC, group_offsets::partition_for(&group));
                 Reply::Committed(match p {
                     Some(p) => {
-                        let topics = || self.topics.borrow().clone();
-                        p.commit_offsets(&group, commits, |t| topics().get(t).is_some())
-                            .await
+                        let exists = |t: &str| self.topics.borrow().get(t).is_some();
+                        p.commit_offsets(&group, commits, exists).await
                     }
                     None => ErrorCode::StorageError,
                 })
@@ -409,16 +408,12 @@ impl Shard {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some((topic, partition)) = name.rsplit_once('-') else {
-                continue;
-            };
-            let Ok(partition) = partition.parse::<u32>() else {
+            let Some((topic, partition)) = topics::parse_partition_dir_name(&name) else {
                 continue;
             };
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             let known = table.get(topic).is_some_and(|t| partition < t.partitions);
-            if !is_dir || known || topics::validate_name(topic).is_err() {
+            if !is_dir || known {
                 continue;
             }
             // Only what is surely a partition's log goes; anything else named like one stays.

@@ -43,7 +43,16 @@ mlog_wire::wire_struct! {
     }
 }
 
-/// Directories of `data_dir` named like a partition (`<topic>-<n>`) that hold a log with data.
+/// The topic and partition a data-directory entry's name (`<topic>-<n>`) stands for, if it is named
+/// like a partition's directory.
+pub(crate) fn parse_partition_dir_name(name: &std::ffi::OsStr) -> Option<(&str, u32)> {
+    let (topic, partition) = name.to_str()?.rsplit_once('-')?;
+    let partition = partition.parse().ok()?;
+    validate_name(topic).ok()?;
+    Some((topic, partition))
+}
+
+/// Directories of `data_dir` named like a partition's that hold a log with data.
 fn partition_log_dirs(data_dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return Vec::new();
@@ -51,14 +60,8 @@ fn partition_log_dirs(data_dir: &Path) -> Vec<std::path::PathBuf> {
     entries
         .flatten()
         .filter(|e| {
-            let name = e.file_name();
-            let named_like_one =
-                name.to_str()
-                    .and_then(|n| n.rsplit_once('-'))
-                    .is_some_and(|(topic, partition)| {
-                        validate_name(topic).is_ok() && partition.parse::<u32>().is_ok()
-                    });
-            named_like_one && mlog_storage::is_log_dir(&e.path(), true)
+            parse_partition_dir_name(&e.file_name()).is_some()
+                && mlog_storage::is_log_dir(&e.path(), true)
         })
         .map(|e| e.path())
         .collect()
@@ -147,32 +150,17 @@ pub(crate) fn validate_name(name: &str) -> Result<(), String> {
 /// Checks the configs of a topic being created: each key at most once (so a topic holds at most one
 /// entry per known key, and the table and Metadata answers stay small), every value valid.
 pub(crate) fn validate_new_configs(configs: &[ConfigEntry]) -> Result<(), (ErrorCode, String)> {
-    let mut seen: Vec<&str> = Vec::new();
-    for e in configs {
-        // An unknown key ends the loop (`log_config` names it), so `seen` stays small.
-        if !CONFIG_KEYS.contains(&e.key.as_str()) {
-            break;
-        }
-        if seen.contains(&e.key.as_str()) {
-            return Err((
-                ErrorCode::InvalidConfig,
-                format!("configuration key {} given twice", e.key),
-            ));
-        }
-        seen.push(&e.key);
+    // First the keys and values (unknown keys refused), then duplicates.
+    log_config(configs)?;
+    let mut seen = std::collections::HashSet::new();
+    match configs.iter().find(|e| !seen.insert(e.key.as_str())) {
+        Some(e) => Err((
+            ErrorCode::InvalidConfig,
+            format!("configuration key {} given twice", e.key),
+        )),
+        None => Ok(()),
     }
-    log_config(configs).map(|_| ())
 }
-
-/// The topic configuration keys `log_config` understands.
-const CONFIG_KEYS: [&str; 6] = [
-    "retention.ms",
-    "retention.bytes",
-    "segment.bytes",
-    "max.message.bytes",
-    "flush.interval.ms",
-    "flush.policy",
-];
 
 /// The log configuration a topic's configuration entries give, or the error for the first bad one.
 /// Keys: `retention.ms`, `retention.bytes` (-1: unlimited), `segment.bytes`, `max.message.bytes`,

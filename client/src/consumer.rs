@@ -97,9 +97,9 @@ struct Fetcher {
 }
 
 impl Fetcher {
-    /// Reads the answer to the fetch in flight. Cancellation-safe (see `Connection::response`).
-    /// Waits for the fetch in flight's answer, at most `limit` (then the connection is dropped and
-    /// the error is an I/O one, so the poll reroutes and asks again).
+    /// Reads the answer to the fetch in flight, waiting at most `limit` (then the connection is
+    /// dropped and the error is an I/O one, so the poll reroutes and asks again). Cancellation-safe
+    /// (see `Connection::response`).
     async fn read(&mut self, limit: Duration) -> Result<(Bytes, Vec<Asked>)> {
         let (Some(conn), Some((id, _))) = (self.conn.as_mut(), &self.in_flight) else {
             return Err(ClientError::Protocol("no fetch in flight".into()));

@@ -1903,18 +1903,33 @@ pub fn is_log_dir(dir: &Path, with_data: bool) -> bool {
         if !entry.file_type().is_ok_and(|t| t.is_file()) {
             return false;
         }
-        let known = name.ends_with(checkpoint::TMP_SUFFIX)
-            || Kind::ALL.iter().any(|k| k.file_name() == name)
-            || segment::parse_file_name(name).is_some();
-        if !known {
-            return false;
+        match log_file_name(name) {
+            None => return false,
+            Some(LogFileName::Segment(_, segment::LOG_SUFFIX)) => segments += 1,
+            Some(_) => {}
         }
-        segments += usize::from(matches!(
-            segment::parse_file_name(name),
-            Some((_, segment::LOG_SUFFIX))
-        ));
     }
     !with_data || segments > 0
+}
+
+/// What a file in a log directory is, by its name.
+enum LogFileName<'a> {
+    /// A checkpoint's temp file (left by a crash mid-write).
+    Temp,
+    Checkpoint,
+    /// A segment's file: base offset and suffix (log, index, time index, spare).
+    Segment(u64, &'a str),
+}
+
+/// What `name` is in a log directory; `None` for a name the log never writes.
+fn log_file_name(name: &str) -> Option<LogFileName<'_>> {
+    if name.ends_with(checkpoint::TMP_SUFFIX) {
+        Some(LogFileName::Temp)
+    } else if Kind::ALL.iter().any(|k| k.file_name() == name) {
+        Some(LogFileName::Checkpoint)
+    } else {
+        segment::parse_file_name(name).map(|(base, suffix)| LogFileName::Segment(base, suffix))
+    }
 }
 
 /// At open: lists segment base offsets and spare segment files (both sorted by base offset),
@@ -1930,17 +1945,18 @@ fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<PathBuf>)> {
         let Some(name) = name.to_str() else {
             return Err(StorageError::ForeignFile(path));
         };
-        if name.ends_with(checkpoint::TMP_SUFFIX) {
-            std::fs::remove_file(&path).ctx("removing temp file", &path)?;
-            continue;
-        }
-        if Kind::ALL.iter().any(|k| k.file_name() == name) {
-            continue;
-        }
-        match segment::parse_file_name(name) {
-            Some((base, segment::LOG_SUFFIX)) if path.is_file() => logs.push(base),
-            Some((base, segment::SPARE_SUFFIX)) if path.is_file() => spares.push((base, path)),
-            Some((base, _)) if path.is_file() => indexes.push((base, path)),
+        match log_file_name(name) {
+            Some(LogFileName::Temp) => {
+                std::fs::remove_file(&path).ctx("removing temp file", &path)?;
+            }
+            Some(LogFileName::Checkpoint) => {}
+            Some(LogFileName::Segment(base, segment::LOG_SUFFIX)) if path.is_file() => {
+                logs.push(base)
+            }
+            Some(LogFileName::Segment(base, segment::SPARE_SUFFIX)) if path.is_file() => {
+                spares.push((base, path))
+            }
+            Some(LogFileName::Segment(base, _)) if path.is_file() => indexes.push((base, path)),
             _ => return Err(StorageError::ForeignFile(path)),
         }
     }
