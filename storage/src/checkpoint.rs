@@ -157,6 +157,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("syncing directory", dir)
 }
 
+/// `sync_dir` on the executor's blocking pool: a directory fsync takes milliseconds (it waits for a
+/// journal commit), and the executor meanwhile serves every other partition of its shard.
+pub(crate) async fn sync_dir_off_executor(dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || sync_dir(&dir))
+        .await
+}
+
 /// A temp name no other write uses: a write whose caller was cancelled may still be running on
 /// the blocking pool, and two writes must never share a temp file.
 fn tmp_path(path: &Path) -> PathBuf {

@@ -707,7 +707,7 @@ impl Log {
         }
         // The new segment's name must be durable before anything appended to it is acknowledged:
         // if it cannot be made so, the log fails (as on a failed fdatasync).
-        if let Err(e) = checkpoint::sync_dir(&self.dir) {
+        if let Err(e) = checkpoint::sync_dir_off_executor(&self.dir).await {
             self.st
                 .borrow_mut()
                 .failed
@@ -1162,7 +1162,7 @@ impl Log {
             remove_segment_files(&self.dir, b)?;
         }
         debug_assert!(doomed.iter().all(|b| *b > keep_base));
-        checkpoint::sync_dir(&self.dir)?;
+        checkpoint::sync_dir_off_executor(&self.dir).await?;
         // Rebuild the kept segment's metadata and indexes from what is left.
         let mut rebuilt = Vec::new();
         scan_batches(&file, &path, 0, keep_base, cut_position, |meta, pos| {
@@ -1241,7 +1241,7 @@ impl Log {
             let path = segment::file_path(&self.dir, base, segment::SPARE_SUFFIX);
             std::fs::remove_file(&path).ctx("removing spare segment", &path)?;
         }
-        checkpoint::sync_dir(&self.dir)?;
+        checkpoint::sync_dir_off_executor(&self.dir).await?;
         let seg = self.new_active_segment(offset).await?;
         {
             let mut st = self.st.borrow_mut();
@@ -1256,7 +1256,7 @@ impl Log {
             st.epochs.clear();
             st.cache.clear();
         }
-        checkpoint::sync_dir(&self.dir)?;
+        checkpoint::sync_dir_off_executor(&self.dir).await?;
         for kind in [
             Kind::LogStartOffset,
             Kind::RecoveryPoint,
@@ -1373,14 +1373,25 @@ impl Log {
         // Oldest first and the kept file last, the unlinks durable before the rename: a crash never
         // leaves an older segment next to a newer one's spare (`open` also drops whatever lies
         // wholly below the checkpointed start, so unlinks a crash half kept cannot look like a gap).
-        let older = &doomed[..doomed.len() - usize::from(kept.is_some())];
-        for b in older {
-            remove_segment_files(&self.dir, *b)?;
+        // Unlinking a large file frees its extents (milliseconds): done on the blocking pool, so the
+        // shard's other partitions are not held up.
+        let older = doomed[..doomed.len() - usize::from(kept.is_some())].to_vec();
+        if !older.is_empty() {
+            let dir = self.dir.clone();
+            let sync_first = kept.is_some();
+            glommio::executor()
+                .spawn_blocking(move || {
+                    for b in older {
+                        remove_segment_files(&dir, b)?;
+                    }
+                    if sync_first {
+                        checkpoint::sync_dir(&dir)?;
+                    }
+                    Ok::<_, StorageError>(())
+                })
+                .await?;
         }
         if let Some(seg) = kept {
-            if !older.is_empty() {
-                checkpoint::sync_dir(&self.dir)?;
-            }
             let to = segment::file_path(&self.dir, seg.base_offset, segment::SPARE_SUFFIX);
             std::fs::rename(&seg.log_path, &to).ctx("keeping spare segment", &seg.log_path)?;
             // Tracked at once: a spare the log does not know of would escape `restart_at`.
@@ -1391,7 +1402,7 @@ impl Log {
             remove_segment_files(&self.dir, seg.base_offset)?;
         }
         if !doomed.is_empty() {
-            checkpoint::sync_dir(&self.dir)?;
+            checkpoint::sync_dir_off_executor(&self.dir).await?;
         }
         Ok(doomed.len())
     }
