@@ -226,6 +226,22 @@ async fn serve_api(
             }
             encode_response(out, id, &offset_fetch(shard, req).await);
         }
+        ApiKey::InitProducerId => {
+            decode_request_body::<InitProducerIdRequest>(body, "InitProducerIdRequest")?;
+            let resp = match shard.producer_ids.next() {
+                Some(producer_id) => InitProducerIdResponse {
+                    error: ErrorCode::None,
+                    producer_id,
+                    producer_epoch: 0,
+                },
+                None => InitProducerIdResponse {
+                    error: ErrorCode::Unknown,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                },
+            };
+            encode_response(out, id, &resp);
+        }
     }
     Ok(After::Continue)
 }

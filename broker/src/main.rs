@@ -56,6 +56,7 @@ mod group_offsets;
 mod mesh;
 mod node;
 mod partition;
+mod producer_ids;
 mod shard;
 mod topics;
 
@@ -126,6 +127,10 @@ fn run(args: &Args) -> Result<i32, String> {
         node::check_port_free(addr).map_err(|e| e.to_string())?;
     }
     let endpoints: shard::Endpoints = Arc::new(std::sync::Mutex::new(vec![None; config.shards]));
+    let producer_ids = Arc::new(
+        producer_ids::ProducerIds::start(&config.data_dir)
+            .map_err(|e| format!("reading the producer id counter: {e}"))?,
+    );
 
     let stopping = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel();
@@ -154,6 +159,7 @@ fn run(args: &Args) -> Result<i32, String> {
             listen,
             mesh.clone(),
             endpoints.clone(),
+            producer_ids.clone(),
             stopping.clone(),
             bound_tx,
         )

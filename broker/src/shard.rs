@@ -26,6 +26,7 @@ use crate::connection;
 use crate::group_offsets::{self, GroupOffsets, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::mesh::{self, FetchItem, Mesh, Op, ProduceItem, RemoteFetch, Reply};
 use crate::partition::{Acks, Fetched, Offsets, Partition, Produced};
+use crate::producer_ids::ProducerIds;
 use crate::topics::{self, TopicRecord, TopicTable};
 
 /// How often idle loops look at the stop flag.
@@ -46,6 +47,8 @@ pub(crate) struct Shard {
     pub mesh: Mesh,
     /// Each shard's own listener, by shard (mesh) id, as the shards report them.
     pub endpoints: Endpoints,
+    /// Ids for idempotent producers, shared by every shard.
+    pub producer_ids: Arc<ProducerIds>,
     /// The newest topic table this shard applied.
     pub topics: RefCell<Rc<TopicTable>>,
     /// The partitions this shard owns.
@@ -604,6 +607,7 @@ pub(crate) fn spawn(
     listen: SocketAddr,
     mesh: mesh::Builder,
     endpoints: Endpoints,
+    producer_ids: Arc<ProducerIds>,
     stopping: Arc<AtomicBool>,
     bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -665,6 +669,7 @@ pub(crate) fn spawn(
                 stopping,
                 mesh,
                 endpoints,
+                producer_ids,
                 topics: RefCell::new(Rc::new(TopicTable { revision: 0, topics: Vec::new() })),
                 partitions: RefCell::new(HashMap::new()),
                 apply_lock: Semaphore::new(1),

@@ -917,3 +917,81 @@ fn a_failed_acks0_produce_closes_its_connection_and_nothing_else() {
     api_versions_ok(&mut bystander, 6);
     assert_eq!(broker.terminate(), 0);
 }
+
+/// A batch of idempotent producer `id` holding `records` records from sequence `seq`.
+fn idempotent_batch(id: i64, seq: i32, records: usize) -> Vec<u8> {
+    let mut b = RecordBatchBuilder::new().with_producer(id, 0, seq);
+    for i in 0..records {
+        let value = format!("sequence {}", seq as usize + i);
+        b.push(NewRecord::new(0, None, Some(value.as_bytes())))
+            .unwrap();
+    }
+    b.build().unwrap()
+}
+
+/// A Produce of one partition carrying `batches` back to back.
+fn produce_batches(s: &mut std::net::TcpStream, batches: &[&[u8]]) -> ProducePartitionResponse {
+    let records: Vec<u8> = batches.concat();
+    produce(s, "once", 0, -1, &records)
+}
+
+#[test]
+fn a_resent_idempotent_batch_is_stored_once_even_across_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, first) = {
+        let broker = Broker::start(dir.path(), &[]);
+        let mut s = broker.connect();
+        assert_eq!(create(&mut s, "once", 1, &[]).error, ErrorCode::None);
+        let init: InitProducerIdResponse =
+            call(&mut s, ApiKey::InitProducerId, 1, &InitProducerIdRequest {});
+        assert_eq!(init.error, ErrorCode::None);
+        assert!(init.producer_id > 0);
+        let first = produce_batches(&mut s, &[&idempotent_batch(init.producer_id, 0, 3)]);
+        assert_eq!((first.error, first.base_offset), (ErrorCode::None, 0));
+        // The same batch again (its answer was "lost"): answered from the first time.
+        let again = produce_batches(&mut s, &[&idempotent_batch(init.producer_id, 0, 3)]);
+        assert_eq!((again.error, again.base_offset), (ErrorCode::None, 0));
+        (init.producer_id, first)
+        // kill -9: no snapshot is written, the state must come back from the log itself.
+    };
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    let again = produce_batches(&mut s, &[&idempotent_batch(id, 0, 3)]);
+    assert_eq!(
+        (again.error, again.base_offset),
+        (ErrorCode::None, first.base_offset)
+    );
+    // Another producer appends meanwhile; a new id after the restart is not the old one.
+    let other: InitProducerIdResponse =
+        call(&mut s, ApiKey::InitProducerId, 2, &InitProducerIdRequest {});
+    assert_ne!(other.producer_id, id);
+    let b3 = idempotent_batch(id, 3, 2);
+    let b5 = idempotent_batch(id, 5, 1);
+    let two = produce_batches(&mut s, &[&b3, &b5]);
+    assert_eq!((two.error, two.base_offset), (ErrorCode::None, 3));
+    // A resend of that two-batch request, and one of its second batch followed by a new one: both
+    // land back to back, so both answers are right.
+    let resent = produce_batches(&mut s, &[&b3, &b5]);
+    assert_eq!((resent.error, resent.base_offset), (ErrorCode::None, 3));
+    let b6 = idempotent_batch(id, 6, 1);
+    let mixed = produce_batches(&mut s, &[&b5, &b6]);
+    assert_eq!((mixed.error, mixed.base_offset), (ErrorCode::None, 5));
+    // Once another producer appended after them, stored and new batches can no longer be answered
+    // with one base offset: refused, nothing stored.
+    let theirs = produce_batches(&mut s, &[&idempotent_batch(other.producer_id, 0, 1)]);
+    assert_eq!((theirs.error, theirs.base_offset), (ErrorCode::None, 7));
+    let b7 = idempotent_batch(id, 7, 1);
+    let refused = produce_batches(&mut s, &[&b6, &b7]);
+    assert_eq!(refused.error, ErrorCode::OutOfOrderSequence);
+    // A stale batch (older than the last five) is refused too.
+    let stale = produce_batches(&mut s, &[&idempotent_batch(id, 1, 1)]);
+    assert_eq!(stale.error, ErrorCode::OutOfOrderSequence);
+    // Exactly one copy of every batch: offsets 0..8 hold 3 + 2 + 1 + 1 + 1 records.
+    let stored_batches = fetch_all(&mut s, "once", 0);
+    let bases: Vec<i64> = stored_batches
+        .iter()
+        .map(|b| RecordBatch::parse(b).unwrap().base_offset())
+        .collect();
+    assert_eq!(bases, vec![0, 3, 5, 6, 7]);
+    assert_eq!(broker.terminate(), 0);
+}

@@ -19,12 +19,19 @@
 //! * acknowledgement: the records of a batch share one completion; a record's [`SendFuture`]
 //!   resolves to the batch's base offset plus the record's index.
 //!
-//! Retries resend a batch after a retriable error (connection lost, broker stopping, not the owner)
-//! with exponential backoff and a metadata refresh. There is no idempotence yet (no producer ids and
-//! sequence numbers for the broker to drop duplicates by), so delivery on a broken connection is
-//! at-least-once, as with Kafka's producer without idempotence: a batch whose connection broke
-//! after it was written is resent, and if the broker had appended it before it died, it is stored
-//! twice. A timed-out produce is not resent: the broker is then most likely still working on it.
+//! Retries resend a batch after a retriable error (connection lost, broker stopping, not the owner,
+//! timeout) with exponential backoff and a metadata refresh.
+//!
+//! Idempotence (`ProducerConfig::idempotence`, on by default, as in Kafka 3): the producer gets a
+//! producer id from the broker (InitProducerId) and stamps every batch with it and with the
+//! sequence number of its first record, counted per partition. A resent batch carries the same
+//! numbers, and the broker answers a batch it already stored with the offsets it got the first time
+//! instead of storing it again, also across a broker restart (a partition's producer state is
+//! durable). So every record is stored at most once and, once acknowledged, exactly once. Without
+//! idempotence, delivery on a broken
+//! connection is at-least-once: a batch whose connection broke after the broker appended it is
+//! resent and stored twice, and a timed-out produce is not resent (the broker is then most likely
+//! still working on it).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -36,7 +43,7 @@ use std::time::Duration;
 
 use mlog_wire::protocol::frame::decode_body;
 use mlog_wire::protocol::messages::*;
-use mlog_wire::protocol::ErrorCode;
+use mlog_wire::protocol::{ApiKey, ErrorCode};
 use mlog_wire::{NewRecord, RecordBatchBuilder, RecordHeader};
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
@@ -98,6 +105,9 @@ pub struct ProducerConfig {
     /// How long the broker may take to acknowledge (acks=all). The producer gives up on an answer
     /// 5 s after that.
     pub request_timeout: Duration,
+    /// Stamp batches with a producer id and sequence numbers so that the broker stores a resent
+    /// batch once (see the module docs).
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -111,6 +121,7 @@ impl Default for ProducerConfig {
             retries: 5,
             retry_backoff: Duration::from_millis(50),
             request_timeout: Duration::from_secs(30),
+            idempotence: true,
         }
     }
 }
@@ -144,6 +155,8 @@ pub struct Producer {
 struct Inner {
     bootstrap: String,
     config: ProducerConfig,
+    /// Producer id and epoch, with idempotence.
+    producer: Option<(i64, i16)>,
     /// Permits are bytes of records buffered or in flight.
     memory: Arc<Semaphore>,
     state: Mutex<State>,
@@ -173,6 +186,8 @@ struct PartitionState {
     open: Option<OpenBatch>,
     queued: VecDeque<ClosedBatch>,
     in_flight: bool,
+    /// Sequence number of the next batch's first record (with idempotence).
+    next_sequence: i32,
 }
 
 /// The listener of one shard, served by one sender task.
@@ -210,6 +225,8 @@ impl PartitionState {
         };
         let count = open.builder.len() as i64;
         self.last_batch_bytes = open.builder.encoded_len();
+        // Sequences wrap from i32::MAX to 0, as the broker counts them.
+        self.next_sequence = ((i64::from(self.next_sequence) + count) % (1 << 31)) as i32;
         // Build errors are impossible for a non-empty builder; report one rather than panic.
         let records = open
             .builder
@@ -242,9 +259,21 @@ impl Producer {
             ));
         }
         // Fail early and clearly if the broker cannot be reached.
-        Connection::connect(bootstrap).await?;
+        let mut conn = Connection::connect(bootstrap).await?;
+        let producer = if config.idempotence {
+            let resp: InitProducerIdResponse = conn
+                .request(ApiKey::InitProducerId, &InitProducerIdRequest {})
+                .await?;
+            if resp.error != ErrorCode::None {
+                return Err(ClientError::broker(resp.error, None));
+            }
+            Some((resp.producer_id, resp.producer_epoch))
+        } else {
+            None
+        };
         Ok(Producer {
             inner: Arc::new(Inner {
+                producer,
                 bootstrap: bootstrap.to_string(),
                 memory: Arc::new(Semaphore::new(config.buffer_bytes)),
                 config,
@@ -467,10 +496,10 @@ impl Inner {
         if closes_open {
             wake |= part.close_open()?;
         }
-        let last_batch_bytes = part.last_batch_bytes;
+        let (last_batch_bytes, sequence) = (part.last_batch_bytes, part.next_sequence);
         let open = part.open.get_or_insert_with(|| {
             wake = true; // the sender learns the new batch's linger deadline
-            self.open_batch(last_batch_bytes, size)
+            self.open_batch(last_batch_bytes, size, sequence)
         });
         if let Err(e) = open.builder.push(record) {
             if open.builder.is_empty() {
@@ -625,7 +654,9 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    let retry = retriable(&e);
+                    // A timed-out batch may be stored already: resent only when the broker can
+                    // tell (idempotence).
+                    let retry = e.is_retriable() && (self.producer.is_some() || !is_timeout(&e));
                     any_retry |= retry;
                     for mut b in w.batches {
                         b.attempts += 1;
@@ -722,7 +753,7 @@ impl Inner {
     /// record of `size`. It reserves room for about a batch like the last one (so a busy partition's
     /// batches are not regrown), and that room counts against `buffer_bytes` like records do: held
     /// by the batch until it is answered. Without room to spare it starts at the record's size.
-    fn open_batch(&self, last_batch_bytes: usize, size: usize) -> OpenBatch {
+    fn open_batch(&self, last_batch_bytes: usize, size: usize, sequence: i32) -> OpenBatch {
         let want = (last_batch_bytes.max(4096) + size).min(self.config.batch_bytes + size);
         let extra = want - size;
         let charged = u32::try_from(extra)
@@ -733,8 +764,12 @@ impl Inner {
             Some(()) => (want, extra),
             None => (size, 0),
         };
+        let builder = RecordBatchBuilder::with_capacity(capacity);
         OpenBatch {
-            builder: RecordBatchBuilder::with_capacity(capacity),
+            builder: match self.producer {
+                Some((id, epoch)) => builder.with_producer(id, epoch, sequence),
+                None => builder,
+            },
             done: Arc::new(BatchDone::default()),
             memory,
             reserved: memory,
@@ -800,6 +835,7 @@ impl Inner {
                         open: None,
                         queued: VecDeque::new(),
                         in_flight: false,
+                        next_sequence: 0,
                     }),
                 }
             }
@@ -938,11 +974,6 @@ fn is_timeout(e: &ClientError) -> bool {
             ..
         }
     )
-}
-
-/// Worth resending: retriable, except a timeout (the batch may be stored already).
-fn retriable(e: &ClientError) -> bool {
-    e.is_retriable() && !is_timeout(e)
 }
 
 /// Completion shared by the records of one batch.

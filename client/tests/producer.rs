@@ -339,3 +339,111 @@ async fn sends_after_a_broker_restart_are_retried_to_the_new_shard_listeners() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producer_stores_every_record_once_across_a_kill_9_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    broker.create_topic("exactly", 2).await;
+    let config = ProducerConfig {
+        linger: Duration::from_millis(1),
+        batch_bytes: 4 << 10,
+        retries: 60,
+        retry_backoff: Duration::from_millis(20),
+        request_timeout: Duration::from_secs(5),
+        ..ProducerConfig::default()
+    };
+    assert!(config.idempotence, "idempotence is the default");
+    let producer = Producer::connect(broker.addr(), config).await.unwrap();
+    // Records are in flight when the broker is killed (SIGKILL) and started again: batches it
+    // stored but never answered are resent, and must not be stored twice.
+    let mut acks = Vec::new();
+    for i in 0..6000 {
+        if i == 3000 {
+            broker.restart(dir.path());
+        }
+        let value = format!("record {i:05}");
+        let ack = producer
+            .begin_send("exactly", None, None, value.as_bytes(), &[])
+            .await
+            .unwrap();
+        acks.push((value, ack));
+    }
+    let mut acked = Vec::new();
+    for (value, ack) in acks {
+        let m = tokio::time::timeout(Duration::from_secs(60), ack)
+            .await
+            .expect("answered in time")
+            .expect("acknowledged, after retries if need be");
+        acked.push((m.partition, m.offset, value));
+    }
+    producer.close().await.unwrap();
+    for partition in 0..2u32 {
+        let stored = read_partition(broker.addr(), "exactly", partition).await;
+        // Exactly once: no value twice, and every acknowledged record where its answer said.
+        let mut seen = std::collections::HashSet::new();
+        for (_, _, value) in &stored {
+            assert!(
+                seen.insert(value.clone()),
+                "stored twice: {:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        let by_offset: BTreeMap<i64, Vec<u8>> =
+            stored.into_iter().map(|(o, _, v)| (o, v)).collect();
+        let mine: Vec<_> = acked.iter().filter(|(p, _, _)| *p == partition).collect();
+        for (_, offset, value) in &mine {
+            assert_eq!(
+                by_offset.get(offset).map(Vec::as_slice),
+                Some(value.as_bytes())
+            );
+        }
+        // In send order within the partition.
+        assert!(
+            mine.windows(2).all(|w| w[0].1 < w[1].1),
+            "partition {partition} out of order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_resent_after_a_timeout_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("timeouts", 1).await;
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        request_timeout: Duration::from_secs(1),
+        retries: 10,
+        retry_backoff: Duration::from_millis(20),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(broker.addr(), config).await.unwrap();
+    let warm = producer
+        .send_to("timeouts", 0, None, b"before", &[])
+        .await
+        .unwrap();
+    assert_eq!(warm.offset, 0);
+    // The broker stops answering with the request in its socket: the producer gives up on the
+    // answer (after request_timeout + 5 s) and resends on a new connection. Once thawed, the broker
+    // reads both copies; the second is recognised.
+    broker.freeze(true);
+    let ack = producer
+        .begin_send("timeouts", Some(0), None, b"sent once", &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    broker.freeze(false);
+    let m = tokio::time::timeout(Duration::from_secs(30), ack)
+        .await
+        .expect("answered in time")
+        .expect("acknowledged after the resend");
+    assert_eq!(m.offset, 1);
+    producer.close().await.unwrap();
+    let values: Vec<Vec<u8>> = read_partition(broker.addr(), "timeouts", 0)
+        .await
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(values, vec![b"before".to_vec(), b"sent once".to_vec()]);
+}

@@ -33,6 +33,7 @@ pub(crate) enum Kind {
     LogStartOffset = 3,
     LeaderEpochs = 4,
     CleanShutdown = 5,
+    ProducerSnapshot = 6,
 }
 
 impl Kind {
@@ -43,15 +44,17 @@ impl Kind {
             Kind::LogStartOffset => "log-start-offset.ckpt",
             Kind::LeaderEpochs => "leader-epoch.ckpt",
             Kind::CleanShutdown => "clean-shutdown.ckpt",
+            Kind::ProducerSnapshot => "producer-snapshot.ckpt",
         }
     }
 
-    pub(crate) const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 6] = [
         Kind::RecoveryPoint,
         Kind::HighWatermark,
         Kind::LogStartOffset,
         Kind::LeaderEpochs,
         Kind::CleanShutdown,
+        Kind::ProducerSnapshot,
     ];
 }
 

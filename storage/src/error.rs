@@ -21,6 +21,28 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// An idempotent producer's batch whose sequence numbers are neither the next ones nor those of
+    /// one of its last stored batches (a stale resend); nothing was appended.
+    #[error("producer {producer_id}: sequence {first_seq}..={last_seq} is out of order")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: i64,
+        /// First sequence of the refused batch.
+        first_seq: i32,
+        /// Last sequence of the refused batch.
+        last_seq: i32,
+    },
+    /// An idempotent producer's batch from an epoch older than the producer's newest; nothing was
+    /// appended.
+    #[error("producer {producer_id}: epoch {epoch} is fenced by epoch {current}")]
+    ProducerFenced {
+        /// The producer.
+        producer_id: i64,
+        /// The batch's epoch.
+        epoch: i16,
+        /// The producer's newest epoch.
+        current: i16,
+    },
     /// A batch handed to `append` is not a valid record batch.
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),

@@ -13,6 +13,8 @@
 //! * `segment`: one segment's files and metadata;
 //! * `batch_cache`: recent batches in memory, including every batch not yet on disk;
 //! * `recovery`: batch-by-batch validation scans;
+//! * `producers`: idempotent producers' last batches, to answer a resent batch with its first
+//!   offsets instead of storing it twice;
 //! * [`checkpoint`]: atomic small state files (also offered to other crates: `write_named`);
 //! * [`dma_probe`]: works around glommio's poll-ring probe on empty files;
 //! * [`log`]: the partition log tying them together (append, read, flush, roll, retention,
@@ -32,6 +34,7 @@ pub mod dma_probe;
 pub mod error;
 pub mod index;
 pub mod log;
+mod producers;
 mod recovery;
 mod segment;
 mod valid_batch;

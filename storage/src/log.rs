@@ -34,6 +34,7 @@ use crate::batch_cache::{BatchCache, CachedBatch};
 use crate::checkpoint::{self, Kind};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{IoContext, Result, StorageError};
+use crate::producers::{Producers, Verdict};
 use crate::recovery::scan_batches;
 use crate::segment::{self, BatchMeta, Segment};
 use crate::valid_batch::ValidBatch;
@@ -184,6 +185,8 @@ struct State {
     /// each batch to continue the offsets before it, and offsets only grow (`restart_at`, the one
     /// way down, deletes the spare first).
     spare: Option<Spare>,
+    /// Idempotent producers' last batches (see `producers`).
+    producers: Producers,
 }
 
 /// A retired segment file kept for reuse.
@@ -456,6 +459,7 @@ impl Log {
                 syncs_running: 0,
                 sync_covering: log_end,
                 spare,
+                producers: Producers::default(),
             }),
             append_lock: Semaphore::new(1),
             sync_done: Event::new(),
@@ -464,10 +468,70 @@ impl Log {
             dir,
             config,
         });
+        log.load_producers().await?;
         if let FlushPolicy::Interval(every) = log.config.flush {
             spawn_interval_flusher(Rc::downgrade(&log), every);
         }
         Ok(log)
+    }
+
+    /// Rebuilds the idempotent producers' state: the newest snapshot, minus what it knows past the
+    /// recovered log end (a tail an unclean stop lost), plus the headers of the batches stored after
+    /// it. Snapshots are written at every roll and at close, so after a clean stop nothing is read,
+    /// and after an unclean one at most about a segment. Without a usable snapshot (none yet, or
+    /// damaged), the active segment is read.
+    async fn load_producers(&self) -> Result<()> {
+        let snapshot = match checkpoint::read(&self.dir, Kind::ProducerSnapshot)? {
+            Some(bytes) => match Producers::decode(&bytes) {
+                Ok(s) => Some(s),
+                Err(why) => {
+                    tracing::warn!(dir = %self.dir.display(), why, "ignoring the producer snapshot");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (log_start, log_end, active_base) = {
+            let st = self.st.borrow();
+            (st.log_start, st.log_end, st.active().base_offset)
+        };
+        // A snapshot past the log end knows batches that are gone; offsets from the end on will
+        // hold others, so it is rewritten below once the state is right.
+        let mut stale = false;
+        let (mut producers, from) = match snapshot {
+            Some((mut p, upto)) => {
+                p.truncate(log_end);
+                stale = upto > log_end;
+                (p, upto.min(log_end))
+            }
+            None => (Producers::default(), active_base),
+        };
+        let mut offset = from.max(log_start);
+        while offset < log_end {
+            let read = self.read(offset, 1 << 20).await?;
+            for chunk in &read.chunks {
+                let mut bytes: &[u8] = chunk;
+                while !bytes.is_empty() {
+                    let h = BatchHeader::parse(bytes).map_err(|e| {
+                        StorageError::Failed(format!("reading producer state at {offset}: {e}"))
+                    })?;
+                    let base = h.base_offset as u64;
+                    if base >= from {
+                        producers.record(&h, base, h.last_offset() as u64);
+                    }
+                    bytes = &bytes[h.total_len().min(bytes.len())..];
+                }
+            }
+            if read.next_offset <= offset {
+                break;
+            }
+            offset = read.next_offset;
+        }
+        self.st.borrow_mut().producers = producers;
+        if stale {
+            self.persist(Kind::ProducerSnapshot).await?;
+        }
+        Ok(())
     }
 
     /// Appends a batch, assigning its offsets, after checking its header and CRC
@@ -516,6 +580,14 @@ impl Log {
             .await
             .map_err(|_| StorageError::Closed)?;
         self.st.borrow().check_writable()?;
+        if let Some(first) = self.duplicate_of(&header)? {
+            // Stored before: answered as the first time, once it is as durable as then.
+            drop(_permit);
+            if self.config.flush == FlushPolicy::Always {
+                self.flush_upto(first.last_offset + 1).await?;
+            }
+            return Ok(first);
+        }
         if let Some(epoch) = leader_epoch {
             self.record_epoch(epoch).await?;
         }
@@ -555,6 +627,7 @@ impl Log {
             let segment = active.base_offset;
             let end_position = active.size;
             st.log_end = meta.last_offset + 1;
+            st.producers.record(&header, base_offset, meta.last_offset);
             st.cache.push(CachedBatch {
                 base_offset,
                 next_offset: st.log_end,
@@ -578,6 +651,35 @@ impl Log {
             self.flush_upto(info.last_offset + 1).await?;
         }
         Ok(info)
+    }
+
+    /// Where a batch with this header was stored, if it is an idempotent producer's batch stored
+    /// before (a resend); `Ok(None)` if it is to be appended; an error if `append` would refuse it
+    /// (a stale sequence, a fenced epoch).
+    pub fn duplicate_of(&self, header: &BatchHeader) -> Result<Option<AppendInfo>> {
+        match self.st.borrow().producers.check(header) {
+            Verdict::Append => Ok(None),
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } => Ok(Some(AppendInfo {
+                base_offset,
+                last_offset,
+            })),
+            Verdict::Fenced { epoch, current } => Err(StorageError::ProducerFenced {
+                producer_id: header.producer_id,
+                epoch,
+                current,
+            }),
+            Verdict::OutOfOrder {
+                first_seq,
+                last_seq,
+            } => Err(StorageError::OutOfOrderSequence {
+                producer_id: header.producer_id,
+                first_seq,
+                last_seq,
+            }),
+        }
     }
 
     async fn record_epoch(&self, epoch: i32) -> Result<()> {
@@ -721,6 +823,11 @@ impl Log {
         {
             let _round = RoundGuard(self);
             self.sync_all().await?;
+        }
+        // A snapshot per segment bounds what an unclean open reads to rebuild the producers. It is
+        // an optimisation: without it the open reads from an older snapshot.
+        if let Err(e) = self.persist(Kind::ProducerSnapshot).await {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "writing the producer snapshot failed");
         }
         // Retention at the roll keeps a log at its limit from growing by more than one segment
         // between periodic checks, and hands the next roll a spare file to reuse. It is
@@ -1146,6 +1253,7 @@ impl Log {
             st.high_watermark = st.high_watermark.min(new_end);
             st.cache.truncate_from(new_end);
             st.epochs.retain(|e| e.start_offset < new_end);
+            st.producers.truncate(new_end);
             doomed
         };
         // Cut the kept file first: a crash before the unlinks below reopens (from the lowered recovery
@@ -1188,7 +1296,8 @@ impl Log {
             seg.appender = Some(appender);
         }
         self.persist(Kind::HighWatermark).await?;
-        self.persist(Kind::LeaderEpochs).await
+        self.persist(Kind::LeaderEpochs).await?;
+        self.persist(Kind::ProducerSnapshot).await
     }
 
     /// Marks the log failed when a destructive step could not complete: its memory no longer
@@ -1255,6 +1364,7 @@ impl Log {
             st.recovery_point = offset;
             st.epochs.clear();
             st.cache.clear();
+            st.producers.clear();
         }
         checkpoint::sync_dir_off_executor(&self.dir).await?;
         for kind in [
@@ -1262,6 +1372,7 @@ impl Log {
             Kind::RecoveryPoint,
             Kind::HighWatermark,
             Kind::LeaderEpochs,
+            Kind::ProducerSnapshot,
         ] {
             self.persist(kind).await?;
         }
@@ -1462,6 +1573,7 @@ impl Log {
             Kind::LogStartOffset,
             Kind::LeaderEpochs,
             Kind::RecoveryPoint,
+            Kind::ProducerSnapshot,
         ] {
             self.persist(kind).await?;
         }
@@ -1495,6 +1607,7 @@ impl Log {
                 Kind::HighWatermark => checkpoint::u64_payload(st.high_watermark).to_vec(),
                 Kind::LogStartOffset => checkpoint::u64_payload(st.log_start).to_vec(),
                 Kind::LeaderEpochs => encode_epochs(&st.epochs),
+                Kind::ProducerSnapshot => st.producers.encode(st.log_end),
                 Kind::CleanShutdown => {
                     return Err(StorageError::InvalidConfig("not a state checkpoint"))
                 }

@@ -41,6 +41,11 @@ impl ValidBatch {
         Ok(ValidBatch { bytes, header })
     }
 
+    /// The batch's header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
     /// The batch's size in bytes.
     pub fn len(&self) -> usize {
         self.bytes.len()

@@ -969,3 +969,101 @@ fn segments_without_timestamps_roll_by_time_since_open() {
         log.close().await.unwrap();
     });
 }
+
+/// A batch of `records` records from idempotent producer `id`, starting at sequence `seq`.
+fn idempotent_batch(id: i64, seq: i32, records: usize) -> Vec<u8> {
+    let mut b = mlog_wire::batch::RecordBatchBuilder::new().with_producer(id, 0, seq);
+    for i in 0..records {
+        let value = format!("producer {id} sequence {}", seq as usize + i);
+        b.push(mlog_wire::batch::NewRecord::new(
+            0,
+            None,
+            Some(value.as_bytes()),
+        ))
+        .unwrap();
+    }
+    b.build().unwrap()
+}
+
+#[test]
+fn a_resent_idempotent_batch_is_stored_once_across_clean_and_unclean_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || LogConfig {
+        segment_bytes: 4 << 10,
+        max_batch_bytes: 4 << 10,
+        ..small_config()
+    };
+    // Producer 1 appends 60 batches of 3 records over many segments; producer 2 interleaves.
+    let first = run(|| async {
+        let log = Log::open(dir.path(), config()).await.unwrap();
+        let mut first = Vec::new();
+        for i in 0..60 {
+            let info = log
+                .append(bytes(&idempotent_batch(1, i * 3, 3)))
+                .await
+                .unwrap();
+            first.push(info.base_offset);
+            log.append(bytes(&idempotent_batch(2, i, 1))).await.unwrap();
+        }
+        // A resend of the newest batch: its first offsets, and nothing stored.
+        let end = log.log_end_offset();
+        let again = log
+            .append(bytes(&idempotent_batch(1, 59 * 3, 3)))
+            .await
+            .unwrap();
+        assert_eq!(again.base_offset, first[59]);
+        assert_eq!(log.log_end_offset(), end);
+        // A stale resend (older than the batches remembered) is refused, not stored.
+        let stale = log.append(bytes(&idempotent_batch(1, 3, 3))).await;
+        assert!(
+            matches!(stale, Err(StorageError::OutOfOrderSequence { .. })),
+            "{stale:?}"
+        );
+        log.close().await.unwrap();
+        first
+    });
+    // After a clean close the snapshot alone answers; the producers then go on, and the log stops
+    // uncleanly (no close) after a flush.
+    run(|| async {
+        let log = Log::open(dir.path(), config()).await.unwrap();
+        assert!(log.recovery_stats().clean_shutdown);
+        let end = log.log_end_offset();
+        let again = log
+            .append(bytes(&idempotent_batch(1, 59 * 3, 3)))
+            .await
+            .unwrap();
+        assert_eq!((again.base_offset, log.log_end_offset()), (first[59], end));
+        for i in 60..70 {
+            log.append(bytes(&idempotent_batch(1, i * 3, 3)))
+                .await
+                .unwrap();
+        }
+        log.flush().await.unwrap();
+    });
+    // After the unclean stop the state is rebuilt from the newest snapshot and the batches after it.
+    run(|| async {
+        let log = Log::open(dir.path(), config()).await.unwrap();
+        assert!(!log.recovery_stats().clean_shutdown);
+        let end = log.log_end_offset();
+        let again = log
+            .append(bytes(&idempotent_batch(1, 69 * 3, 3)))
+            .await
+            .unwrap();
+        assert_eq!(again.last_offset + 1, end);
+        assert_eq!(log.log_end_offset(), end);
+        let again = log
+            .append(bytes(&idempotent_batch(2, 59, 1)))
+            .await
+            .unwrap();
+        assert!(again.base_offset < end);
+        assert_eq!(log.log_end_offset(), end);
+        // Truncation forgets the batches it removes: sent again, they are stored again.
+        log.truncate_suffix(again.base_offset).await.unwrap();
+        let stored = log
+            .append(bytes(&idempotent_batch(2, 59, 1)))
+            .await
+            .unwrap();
+        assert_eq!(stored.base_offset, again.base_offset);
+        log.close().await.unwrap();
+    });
+}

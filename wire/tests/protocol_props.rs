@@ -141,6 +141,9 @@ proptest! {
         }]}]};
         let mut buf = BytesMut::new();
         prop_assert_eq!(round_trip(&lo, &mut buf), lo);
+        let ip = InitProducerIdResponse { error: err, producer_id: hw, producer_epoch: max_wait_ms as i16 };
+        let mut buf = BytesMut::new();
+        prop_assert_eq!(round_trip(&ip, &mut buf), ip);
     }
 
     #[test]
@@ -164,6 +167,8 @@ proptest! {
         let _ = decode_body::<OffsetCommitResponse>(b, "x");
         let _ = decode_body::<OffsetFetchRequest>(b, "x");
         let _ = decode_body::<OffsetFetchResponse>(b, "x");
+        let _ = decode_body::<InitProducerIdRequest>(b, "x");
+        let _ = decode_body::<InitProducerIdResponse>(b, "x");
         let _ = check_frame(b, REQUEST_HEADER_BYTES, 1 << 20);
         let _ = decode_request(b);
         let _ = decode_response(b);

@@ -42,11 +42,16 @@ pub enum ErrorCode {
     StaleMetadata = 17,
     /// The consumer group name is not valid.
     InvalidGroup = 18,
+    /// An idempotent producer's batch is neither its next one nor one of its last stored ones (a
+    /// stale resend); it was not stored.
+    OutOfOrderSequence = 19,
+    /// An idempotent producer's batch carries an epoch older than the producer's newest.
+    ProducerFenced = 20,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::InvalidRequest,
@@ -66,6 +71,8 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::StaleMetadata,
         ErrorCode::InvalidGroup,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::ProducerFenced,
     ];
 
     /// The code for a number; numbers this version does not know map to `Unknown`.
@@ -106,6 +113,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "broker shutting down",
             ErrorCode::StaleMetadata => "stale metadata",
             ErrorCode::InvalidGroup => "invalid group name",
+            ErrorCode::OutOfOrderSequence => "out of order sequence number",
+            ErrorCode::ProducerFenced => "producer epoch fenced",
         }
     }
 }

@@ -47,11 +47,13 @@ pub enum ApiKey {
     OffsetCommit = 7,
     /// Read consumer group offsets.
     OffsetFetch = 8,
+    /// Obtain an idempotent producer id.
+    InitProducerId = 9,
 }
 
 impl ApiKey {
     /// Every API, in numeric order.
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 10] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -61,6 +63,7 @@ impl ApiKey {
         ApiKey::ListOffsets,
         ApiKey::OffsetCommit,
         ApiKey::OffsetFetch,
+        ApiKey::InitProducerId,
     ];
 
     /// The API with this number.

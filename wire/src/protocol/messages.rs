@@ -494,3 +494,22 @@ wire_struct! {
         pub topics: Vec<OffsetFetchTopicResponse>,
     }
 }
+
+// ---- InitProducerId (9) ----
+
+wire_struct! {
+    /// Asks for a producer id for idempotent produce: no fields.
+    pub struct InitProducerIdRequest {}
+}
+
+wire_struct! {
+    /// A producer id no other producer of this cluster was or will be given.
+    pub struct InitProducerIdResponse {
+        /// `None`, or why no id was given.
+        pub error: ErrorCode,
+        /// The id, -1 on error.
+        pub producer_id: i64,
+        /// The id's epoch (0 for a new id), -1 on error.
+        pub producer_epoch: i16,
+    }
+}
