@@ -26,7 +26,10 @@ use mlog_wire::batch::BatchHeader;
 /// Batches remembered per producer (Kafka's `max.in.flight.requests.per.connection` limit).
 pub(crate) const BATCHES_KEPT: usize = 5;
 /// Producers remembered per partition.
-pub(crate) const MAX_PRODUCERS: usize = 4096;
+pub(crate) const MAX_PRODUCERS: usize = 1024;
+/// Memory the state of one partition can take: per producer a map entry (id, epoch, queue header)
+/// and room for 8 batches (the queue's capacity once it held 5), with the map's own overhead.
+pub(crate) const MEMORY_BOUND_BYTES: u64 = MAX_PRODUCERS as u64 * (64 + 8 * 24) * 2;
 /// Bytes of one snapshot entry: id, epoch, batch count, then the batches.
 const ENTRY_HEADER_BYTES: usize = 8 + 2 + 1;
 const BATCH_BYTES: usize = 4 + 4 + 8 + 8;
