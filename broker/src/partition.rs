@@ -149,8 +149,9 @@ impl Partition {
         let Ok(permit) = self.produce_lock.acquire_permit(1).await else {
             return fail(ErrorCode::ShuttingDown);
         };
-        if let Err(code) = self.check_resend(&batches) {
-            return fail(code);
+        // Under produce_lock: the log cannot change between this check and the appends.
+        if let Err(e) = self.log.check_batches(&batches) {
+            return fail(storage_error_code(&e));
         }
         let start = self.log.log_end_offset();
         let mut base_offset = None;
@@ -199,39 +200,6 @@ impl Partition {
             base_offset: base_offset.map_or(-1, |o| o as i64),
             log_start_offset: self.log.log_start_offset() as i64,
         }
-    }
-
-    /// A request's batches are answered with one base offset, so they must land back to back. A
-    /// resend of a request that a crash cut short (its first batches stored, the others lost) has
-    /// stored batches first, answered from their first offsets, then new ones: those are appended
-    /// only if they continue the stored ones. Caller holds `produce_lock`, so the log cannot change
-    /// between this check and the appends.
-    fn check_resend(&self, batches: &[ValidBatch]) -> std::result::Result<(), ErrorCode> {
-        if batches.len() < 2 || batches.iter().all(|b| b.header().producer_id < 0) {
-            return Ok(()); // a single batch is checked by the log itself
-        }
-        // The offset after the stored batches seen so far, and whether a new batch was seen.
-        let mut stored_end = None;
-        let mut new_seen = false;
-        for (i, b) in batches.iter().enumerate() {
-            match self.log.duplicate_of(b.header()) {
-                Ok(Some(first)) => {
-                    let back_to_back = stored_end.map_or(i == 0, |end| end == first.base_offset);
-                    if new_seen || !back_to_back {
-                        return Err(ErrorCode::OutOfOrderSequence);
-                    }
-                    stored_end = Some(first.last_offset + 1);
-                }
-                Ok(None) => {
-                    if !new_seen && stored_end.is_some_and(|end| end != self.log.log_end_offset()) {
-                        return Err(ErrorCode::OutOfOrderSequence);
-                    }
-                    new_seen = true;
-                }
-                Err(e) => return Err(storage_error_code(&e)),
-            }
-        }
-        Ok(())
     }
 
     /// Raises the high watermark (never past the log end, nor into a request still appending) and

@@ -983,6 +983,12 @@ fn a_resent_idempotent_batch_is_stored_once_even_across_a_kill_9() {
     let b7 = idempotent_batch(id, 7, 1);
     let refused = produce_batches(&mut s, &[&b6, &b7]);
     assert_eq!(refused.error, ErrorCode::OutOfOrderSequence);
+    // A request whose second batch overlaps its first is refused whole, before anything is stored.
+    let refused = produce_batches(
+        &mut s,
+        &[&idempotent_batch(id, 7, 2), &idempotent_batch(id, 8, 1)],
+    );
+    assert_eq!(refused.error, ErrorCode::OutOfOrderSequence);
     // A stale batch (older than the last five) is refused too.
     let stale = produce_batches(&mut s, &[&idempotent_batch(id, 1, 1)]);
     assert_eq!(stale.error, ErrorCode::OutOfOrderSequence);

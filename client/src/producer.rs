@@ -243,6 +243,10 @@ impl PartitionState {
     }
 }
 
+/// Batches of one partition in one request with idempotence: the broker remembers a producer's last
+/// 5 batches per partition (as Kafka's `max.in.flight.requests.per.connection` limit of 5).
+const IDEMPOTENT_BATCHES_PER_REQUEST: usize = 5;
+
 /// What a send needs before it can be buffered.
 enum Enqueued {
     Done(SendFuture),
@@ -591,9 +595,20 @@ impl Inner {
             let Some(part) = st.topics.get_mut(&topic).map(|t| &mut t.partitions[p]) else {
                 continue;
             };
-            let mut batches = Vec::new();
+            let mut batches: Vec<ClosedBatch> = Vec::new();
             while let Some(b) = part.queued.front() {
                 if bytes > 0 && bytes + b.records.len() > self.config.max_request_bytes {
+                    break;
+                }
+                // Idempotent batches: at most as many per request as the broker remembers per
+                // producer (a resend of the whole request must find every one), and a resent batch
+                // alone (it may be stored already; new batches after it would have to continue it
+                // at the log end, which another producer's appends may have moved).
+                if self.producer.is_some()
+                    && (batches.len() == IDEMPOTENT_BATCHES_PER_REQUEST
+                        || batches.first().is_some_and(|f| f.attempts > 0)
+                        || (!batches.is_empty() && b.attempts > 0))
+                {
                     break;
                 }
                 bytes += b.records.len();

@@ -30,6 +30,8 @@ pub(crate) const MAX_PRODUCERS: usize = 1024;
 /// Memory the state of one partition can take: per producer a map entry (id, epoch, queue header)
 /// and room for 8 batches (the queue's capacity once it held 5), with the map's own overhead.
 pub(crate) const MEMORY_BOUND_BYTES: u64 = MAX_PRODUCERS as u64 * (64 + 8 * 24) * 2;
+/// Offsets of a batch `check_all` assumed stored.
+const UNSTORED: u64 = u64::MAX;
 /// Bytes of one snapshot entry: id, epoch, batch count, then the batches.
 const ENTRY_HEADER_BYTES: usize = 8 + 2 + 1;
 const BATCH_BYTES: usize = 4 + 4 + 8 + 8;
@@ -70,7 +72,7 @@ pub(crate) struct Producers {
 }
 
 /// The last sequence of a batch of `count` records starting at `first` (wrapping past `i32::MAX`).
-fn last_seq(first: i32, count: i32) -> i32 {
+pub(crate) fn last_seq(first: i32, count: i32) -> i32 {
     ((i64::from(first) + i64::from(count) - 1).rem_euclid(1 << 31)) as i32
 }
 
@@ -80,15 +82,15 @@ fn is_after(seq: i32, last: i32) -> bool {
     d > 0 && d < 1 << 30
 }
 
-impl Producers {
-    /// Decides what to do with a batch with this header.
-    pub(crate) fn check(&self, h: &BatchHeader) -> Verdict {
-        if h.producer_id < 0 {
-            return Verdict::Append;
-        }
-        let Some(p) = self.by_id.get(&h.producer_id) else {
-            return Verdict::Append;
-        };
+/// The verdict for a batch from producer `p` (`None`: not remembered).
+fn verdict(p: Option<&Producer>, h: &BatchHeader) -> Verdict {
+    if h.producer_id < 0 {
+        return Verdict::Append;
+    }
+    let Some(p) = p else {
+        return Verdict::Append;
+    };
+    {
         if h.producer_epoch < p.epoch {
             return Verdict::Fenced {
                 epoch: h.producer_epoch,
@@ -118,6 +120,67 @@ impl Producers {
             _ => Verdict::Append,
         }
     }
+}
+
+/// Adds a batch stored at `[base_offset, last_offset]` to producer `p`'s window.
+fn push(p: &mut Producer, h: &BatchHeader, base_offset: u64, last_offset: u64) {
+    if h.producer_epoch != p.epoch {
+        p.epoch = h.producer_epoch;
+        p.batches.clear();
+    }
+    if p.batches.len() == BATCHES_KEPT {
+        p.batches.pop_front();
+    }
+    p.batches.push_back(SeqBatch {
+        first_seq: h.base_sequence,
+        last_seq: last_seq(h.base_sequence, h.record_count),
+        base_offset,
+        last_offset,
+    });
+}
+
+impl Producers {
+    /// Decides what to do with a batch with this header.
+    pub(crate) fn check(&self, h: &BatchHeader) -> Verdict {
+        verdict(self.by_id.get(&h.producer_id), h)
+    }
+
+    /// The verdicts for batches to be appended one after another, each judged as if the ones
+    /// before it were stored already (nothing is changed). A batch repeating an earlier one of the
+    /// same list is out of order.
+    pub(crate) fn check_all<'a>(
+        &self,
+        headers: impl IntoIterator<Item = &'a BatchHeader>,
+    ) -> Vec<Verdict> {
+        let mut overlay: HashMap<i64, Producer> = HashMap::new();
+        headers
+            .into_iter()
+            .map(|h| {
+                let p = overlay
+                    .get(&h.producer_id)
+                    .or_else(|| self.by_id.get(&h.producer_id));
+                let v = match verdict(p, h) {
+                    Verdict::Duplicate { base_offset, .. } if base_offset == UNSTORED => {
+                        Verdict::OutOfOrder {
+                            first_seq: h.base_sequence,
+                            last_seq: last_seq(h.base_sequence, h.record_count),
+                        }
+                    }
+                    v => v,
+                };
+                if v == Verdict::Append && h.producer_id >= 0 {
+                    let p = overlay.entry(h.producer_id).or_insert_with(|| {
+                        self.by_id.get(&h.producer_id).cloned().unwrap_or(Producer {
+                            epoch: h.producer_epoch,
+                            batches: VecDeque::new(),
+                        })
+                    });
+                    push(p, h, UNSTORED, UNSTORED);
+                }
+                v
+            })
+            .collect()
+    }
 
     /// Remembers a batch stored at `[base_offset, last_offset]` (no-op without a producer id).
     pub(crate) fn record(&mut self, h: &BatchHeader, base_offset: u64, last_offset: u64) {
@@ -131,19 +194,7 @@ impl Producers {
             epoch: h.producer_epoch,
             batches: VecDeque::new(),
         });
-        if h.producer_epoch != p.epoch {
-            p.epoch = h.producer_epoch;
-            p.batches.clear();
-        }
-        if p.batches.len() == BATCHES_KEPT {
-            p.batches.pop_front();
-        }
-        p.batches.push_back(SeqBatch {
-            first_seq: h.base_sequence,
-            last_seq: last_seq(h.base_sequence, h.record_count),
-            base_offset,
-            last_offset,
-        });
+        push(p, h, base_offset, last_offset);
     }
 
     fn forget_least_recent(&mut self) {
@@ -313,6 +364,36 @@ mod tests {
         ));
         p.truncate(0);
         assert_eq!(p, Producers::default());
+    }
+
+    #[test]
+    fn a_list_of_batches_is_judged_as_if_appended_in_turn() {
+        let mut p = Producers::default();
+        p.record(&header(1, 0, 0, 3), 0, 2);
+        let (b0, b1, b2) = (header(1, 0, 0, 3), header(1, 0, 3, 2), header(1, 0, 5, 1));
+        assert_eq!(
+            p.check_all([&b0, &b1, &b2]),
+            vec![
+                Verdict::Duplicate {
+                    base_offset: 0,
+                    last_offset: 2
+                },
+                Verdict::Append,
+                Verdict::Append
+            ]
+        );
+        // Inside one list: a batch overlapping, or repeating, one before it is out of order.
+        let overlapping = header(1, 0, 4, 1);
+        assert!(matches!(
+            p.check_all([&b1, &overlapping])[1],
+            Verdict::OutOfOrder { .. }
+        ));
+        assert!(matches!(
+            p.check_all([&b1, &b1])[1],
+            Verdict::OutOfOrder { .. }
+        ));
+        // Nothing was changed.
+        assert_eq!(p.check(&b1), Verdict::Append);
     }
 
     #[test]

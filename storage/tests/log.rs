@@ -1066,4 +1066,24 @@ fn a_resent_idempotent_batch_is_stored_once_across_clean_and_unclean_reopens() {
         assert_eq!(stored.base_offset, again.base_offset);
         log.close().await.unwrap();
     });
+    // A damaged snapshot costs a rebuild from the whole log, never the partition: the newest
+    // batches of both producers (the truncation above left producer 1's of the first run, in an
+    // early segment) are still known.
+    std::fs::write(dir.path().join("producer-snapshot.ckpt"), b"damaged").unwrap();
+    run(|| async {
+        let log = Log::open(dir.path(), config()).await.unwrap();
+        let end = log.log_end_offset();
+        let again = log
+            .append(bytes(&idempotent_batch(1, 59 * 3, 3)))
+            .await
+            .unwrap();
+        assert_eq!(again.base_offset, first[59]);
+        let again = log
+            .append(bytes(&idempotent_batch(2, 59, 1)))
+            .await
+            .unwrap();
+        assert_eq!(again.last_offset + 1, end);
+        assert_eq!(log.log_end_offset(), end);
+        log.close().await.unwrap();
+    });
 }
