@@ -89,6 +89,9 @@ struct Opts {
     linger_ms: u64,
     #[arg(long, global = true, value_enum, default_value_t = AcksArg::All)]
     acks: AcksArg,
+    /// Producers without idempotence (no producer id or sequence numbers in their batches).
+    #[arg(long, global = true)]
+    no_idempotence: bool,
     /// Messages to send (or read) in all, after the warm-up.
     #[arg(long, global = true)]
     messages: Option<u64>,
@@ -471,6 +474,7 @@ async fn produce_worker(
         acks,
         batch_bytes: opts.batch_bytes,
         linger: Duration::from_millis(opts.linger_ms),
+        idempotence: !opts.no_idempotence,
         ..ProducerConfig::default()
     };
     let producer = Producer::connect(&opts.bootstrap, config).await?;
