@@ -514,6 +514,9 @@ impl Inner {
             if memory_held < memory {
                 self.memory.add_permits(charge); // taken here (the caller returns what it held)
             }
+            if closes_open {
+                part.endpoint.wake.notify_one(); // the batch closed above waits to be sent
+            }
             return Err(ClientError::Protocol(e.to_string()));
         }
         let index = (open.builder.len() - 1) as u32;

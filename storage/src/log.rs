@@ -529,14 +529,14 @@ impl Log {
             (st.log_start, st.log_end)
         };
         // A snapshot past the log end knows batches that are gone (offsets from the end on will
-        // hold others). Written back when it knew batches past the end, or when there was none (so that the next
-        // unclean open need not read the whole log again).
-        let (mut producers, from, rewrite) = match snapshot {
+        // hold others): it must be written back. Without one, the rebuilt state is written so that
+        // the next unclean open need not read the whole log again (a shortcut only).
+        let (mut producers, from, stale, missing) = match snapshot {
             Some((mut p, upto)) => {
                 p.truncate(log_end);
-                (p, upto.min(log_end), upto > log_end)
+                (p, upto.min(log_end), upto > log_end, false)
             }
-            None => (Producers::default(), log_start, log_end > log_start),
+            None => (Producers::default(), log_start, false, log_end > log_start),
         };
         let mut offset = from.max(log_start);
         while offset < log_end {
@@ -548,7 +548,7 @@ impl Log {
                         StorageError::Failed(format!("reading producer state at {offset}: {e}"))
                     })?;
                     let base = h.base_offset as u64;
-                    if base >= from {
+                    if h.last_offset() as u64 >= from {
                         producers.record(&h, base, h.last_offset() as u64);
                     }
                     bytes = &bytes[h.total_len().min(bytes.len())..];
@@ -560,8 +560,12 @@ impl Log {
             offset = read.next_offset;
         }
         self.st.borrow_mut().producers = producers;
-        if rewrite {
+        if stale {
             self.persist(Kind::ProducerSnapshot).await?;
+        } else if missing {
+            if let Err(e) = self.persist(Kind::ProducerSnapshot).await {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the producer snapshot failed");
+            }
         }
         Ok(())
     }
@@ -623,12 +627,13 @@ impl Log {
         if let Some(epoch) = leader_epoch {
             self.record_epoch(epoch).await?;
         }
-        self.roll_if_needed(
-            len as u64,
-            header.last_offset_delta as u64,
-            header.max_timestamp,
-        )
-        .await?;
+        let rolled = self
+            .roll_if_needed(
+                len as u64,
+                header.last_offset_delta as u64,
+                header.max_timestamp,
+            )
+            .await?;
         self.preallocate_for(len as u64).await?;
 
         let (info, write_state) = {
@@ -679,6 +684,15 @@ impl Log {
             .wait_room(self.config.max_writes_in_flight)
             .await?;
         drop(_permit);
+        if rolled {
+            // A snapshot per segment bounds what an unclean open reads to rebuild the producers.
+            // Written outside the lock (it covers whatever is appended when it is taken), so that
+            // the partition's other appends do not wait for its fsyncs. A shortcut only: without
+            // it the open reads from an older snapshot (with none, the whole log).
+            if let Err(e) = self.persist(Kind::ProducerSnapshot).await {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the producer snapshot failed");
+            }
+        }
         if self.config.flush == FlushPolicy::Always {
             self.flush_upto(info.last_offset + 1).await?;
         }
@@ -759,7 +773,8 @@ impl Log {
         Ok(())
     }
 
-    async fn roll_if_needed(&self, len: u64, last_delta: u64, max_timestamp: i64) -> Result<()> {
+    /// Rolls if an append of this batch must go to a new segment; returns whether it rolled.
+    async fn roll_if_needed(&self, len: u64, last_delta: u64, max_timestamp: i64) -> Result<bool> {
         let too_old = match self.config.segment_ms {
             Some(limit) if self.st.borrow().active().size > 0 => {
                 self.active_segment_age(max_timestamp).await? >= limit
@@ -776,7 +791,7 @@ impl Log {
         if roll {
             self.roll().await?;
         }
-        Ok(())
+        Ok(roll)
     }
 
     /// The active segment's age for `segment_ms`, as Kafka measures it: the new batch's max
@@ -871,12 +886,6 @@ impl Log {
         {
             let _round = RoundGuard(self);
             self.sync_all().await?;
-        }
-        // A snapshot per segment bounds what an unclean open reads to rebuild the producers. It is
-        // an optimisation: without it the open reads from an older snapshot (with none, the whole
-        // log).
-        if let Err(e) = self.persist(Kind::ProducerSnapshot).await {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "writing the producer snapshot failed");
         }
         // Retention at the roll keeps a log at its limit from growing by more than one segment
         // between periodic checks, and hands the next roll a spare file to reuse. It is

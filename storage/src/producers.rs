@@ -90,35 +90,33 @@ fn verdict(p: Option<&Producer>, h: &BatchHeader) -> Verdict {
     let Some(p) = p else {
         return Verdict::Append;
     };
+    if h.producer_epoch < p.epoch {
+        return Verdict::Fenced {
+            epoch: h.producer_epoch,
+            current: p.epoch,
+        };
+    }
+    if h.producer_epoch > p.epoch {
+        return Verdict::Append;
+    }
+    let first_seq = h.base_sequence;
+    let last = last_seq(first_seq, h.record_count);
+    if let Some(b) = p
+        .batches
+        .iter()
+        .find(|b| b.first_seq == first_seq && b.last_seq == last)
     {
-        if h.producer_epoch < p.epoch {
-            return Verdict::Fenced {
-                epoch: h.producer_epoch,
-                current: p.epoch,
-            };
-        }
-        if h.producer_epoch > p.epoch {
-            return Verdict::Append;
-        }
-        let first_seq = h.base_sequence;
-        let last = last_seq(first_seq, h.record_count);
-        if let Some(b) = p
-            .batches
-            .iter()
-            .find(|b| b.first_seq == first_seq && b.last_seq == last)
-        {
-            return Verdict::Duplicate {
-                base_offset: b.base_offset,
-                last_offset: b.last_offset,
-            };
-        }
-        match p.batches.back() {
-            Some(newest) if !is_after(first_seq, newest.last_seq) => Verdict::OutOfOrder {
-                first_seq,
-                last_seq: last,
-            },
-            _ => Verdict::Append,
-        }
+        return Verdict::Duplicate {
+            base_offset: b.base_offset,
+            last_offset: b.last_offset,
+        };
+    }
+    match p.batches.back() {
+        Some(newest) if !is_after(first_seq, newest.last_seq) => Verdict::OutOfOrder {
+            first_seq,
+            last_seq: last,
+        },
+        _ => Verdict::Append,
     }
 }
 
