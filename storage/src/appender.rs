@@ -195,9 +195,10 @@ impl Appender {
                 head.len += n;
                 data = &data[n..];
                 if head.len == self.block as usize {
-                    let full = self.head.take().map(|h| h.buf);
                     let pos = self.buf_pos - self.block;
-                    self.submit(full.expect("head"), pos);
+                    if let Some(full) = self.head.take() {
+                        self.submit(full.buf, pos);
+                    }
                 }
                 continue;
             }

@@ -14,7 +14,10 @@
 //! * the recovery-point checkpoint names a segment base below which every segment is synced and
 //!   trimmed, so recovery scans only from there;
 //! * a clean-shutdown checkpoint is removed (and the removal synced) before the first new append can
-//!   reach the disk, so a crash after reopening is never mistaken for a clean stop.
+//!   reach the disk, so a crash after reopening is never mistaken for a clean stop;
+//! * an idempotent producer's batch already stored (`producers`) is answered with its first offsets,
+//!   never stored again; at open that state is the newest snapshot cut back to the recovered log end
+//!   plus every batch stored after it, so it knows exactly the batches that survived.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
