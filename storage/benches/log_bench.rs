@@ -1,5 +1,8 @@
 //! Storage benchmark: the log's append and read throughput next to the raw DMA write speed of the
-//! same disk, measured in the same run, reported as medians of several runs and as ratios.
+//! same disk, measured right before each row, reported as medians of several runs and as ratios.
+//! (The disk of the VM this was written on bursts: raw speed right after a pause can be twice its
+//! speed a few seconds into writing, so one raw figure per run flattered early rows and penalised
+//! late ones.)
 //!
 //! Run: `cargo bench -p mlog-storage --bench log_bench` (options after `--`: `--runs N`,
 //! `--dir DIR` for the disk to measure, `--quick` for a short smoke run, `--only TEXT` to run the
@@ -60,7 +63,7 @@ fn make_batch(batch_bytes: usize) -> Vec<u8> {
     b.build().expect("build")
 }
 
-/// The raw speeds of the disk, measured in the same run as the rows they are references for.
+/// The raw speeds of the disk, measured right before the row they are references for.
 #[derive(Clone, Copy)]
 struct Raw {
     /// Sequential DMA writes into freshly preallocated space (unwritten extents), as a new log's
@@ -174,6 +177,8 @@ struct Row {
     mb_s: Vec<f64>,
     syncs: Vec<f64>,
     reference: Reference,
+    /// The reference's raw figure measured right before the row, per run.
+    refs: Vec<f64>,
 }
 
 struct AppendResult {
@@ -382,16 +387,16 @@ fn main() {
 
         let mut raw: Vec<Raw> = Vec::new();
         let mut rows: Vec<Row> = Vec::new();
-        let mut record = |i: usize, name: &str, mb_s: f64, syncs: Option<u64>, reference| {
+        let mut record = |i: usize, name: &str, mb_s: f64, syncs: Option<u64>, reference: Reference, before: Raw| {
             if rows.len() <= i {
-                rows.push(Row { name: name.to_string(), mb_s: Vec::new(), syncs: Vec::new(), reference });
+                rows.push(Row { name: name.to_string(), mb_s: Vec::new(), syncs: Vec::new(), reference, refs: Vec::new() });
             }
             rows[i].mb_s.push(mb_s);
             rows[i].syncs.extend(syncs.map(|s| s as f64));
+            rows[i].refs.extend(reference.of(before));
         };
         for run in 0..opts.runs {
             eprintln!("run {}/{}", run + 1, opts.runs);
-            raw.push(raw_mb_s(dir, total).await);
             let mut i = 0;
             for (size, size_name) in sizes {
                 let batch = make_batch(size);
@@ -417,8 +422,10 @@ fn main() {
                             } else {
                                 (name.clone(), Reference::Fresh)
                             };
+                            let before = raw_mb_s(dir, total).await;
+                            raw.push(before);
                             let r = append_mb_s(dir, &batch, n, flush, total, max_time, recycled).await;
-                            record(i, &name, r.mb_s, Some(r.syncs), reference);
+                            record(i, &name, r.mb_s, Some(r.syncs), reference, before);
                             i += 1;
                         }
                     }
@@ -427,9 +434,11 @@ fn main() {
             if opts.only.as_ref().is_some_and(|o| !"read".contains(o.as_str())) {
                 continue;
             }
+            let before = raw_mb_s(dir, total).await;
+            raw.push(before);
             let (cached, cold) = read_mb_s(dir, &make_batch(16 << 10), total.min(256 << 20)).await;
-            record(i, "read cached batch=16 KiB", cached, None, Reference::None);
-            record(i + 1, "read cold (disk) batch=16 KiB", cold, None, Reference::Read);
+            record(i, "read cached batch=16 KiB", cached, None, Reference::None, before);
+            record(i + 1, "read cold (disk) batch=16 KiB", cold, None, Reference::Read, before);
         }
         let per_run = |f: fn(&Raw) -> f64| raw.iter().map(f).collect::<Vec<f64>>();
         for (what, runs) in [
@@ -437,23 +446,19 @@ fn main() {
             ("overwrite of written blocks", per_run(|r| r.overwrite)),
             ("read", per_run(|r| r.read)),
         ] {
-            println!("raw O_DIRECT sequential {what} (glommio, 1 MiB x 8 in flight): median {:.0} MB/s of runs {runs:.0?}", median(runs.clone()));
+            let (lo, hi) = runs.iter().fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            println!("raw O_DIRECT sequential {what} (glommio, 1 MiB x 8 in flight): median {:.0} MB/s, {lo:.0}-{hi:.0} over the {} measurements", median(runs.clone()), runs.len());
         }
         // On a shared VM, figures compare only between runs with similar steal.
         let (steal, total) = cpu_ticks();
         let steal_pct = 100.0 * steal.saturating_sub(ticks_at_start.0) as f64
             / total.saturating_sub(ticks_at_start.1).max(1) as f64;
         println!("CPU time stolen by the hypervisor during the bench: {steal_pct:.0}%");
-        println!("\nEach ratio is the median over runs of the row's figure divided by its reference measured in the same run.\n");
+        println!("\nEach ratio is the median over runs of the row's figure divided by its reference measured right before it.\n");
         println!("| measurement | MB/s (median of {}) | ratio | reference | syncs (median) |", opts.runs);
         println!("|---|---:|---:|---|---:|");
         for row in rows {
-            let ratios: Vec<f64> = row
-                .mb_s
-                .iter()
-                .zip(&raw)
-                .filter_map(|(v, r)| row.reference.of(*r).map(|reference| v / reference))
-                .collect();
+            let ratios: Vec<f64> = row.mb_s.iter().zip(&row.refs).map(|(v, r)| v / r).collect();
             let ratio = if ratios.is_empty() { String::from("-") } else { format!("{:.2}", median(ratios)) };
             let syncs = if row.syncs.is_empty() { String::from("-") } else { format!("{:.0}", median(row.syncs)) };
             println!("| {} | {:.0} | {ratio} | {} | {syncs} |", row.name, median(row.mb_s), row.reference.name());

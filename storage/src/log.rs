@@ -860,6 +860,16 @@ impl Log {
             base: Some(new_base),
         };
         let seg = self.new_active_segment(new_base).await?;
+        // The new segment's name must be durable before anything appended to it is acknowledged,
+        // so before it is in the log (this future may be dropped at any await: the guard above then
+        // removes the files). If it cannot be made so, the log fails (as on a failed fdatasync).
+        if let Err(e) = checkpoint::sync_dir_off_executor(&self.dir).await {
+            self.st
+                .borrow_mut()
+                .failed
+                .get_or_insert_with(|| e.to_string());
+            return Err(e);
+        }
         {
             let mut st = self.st.borrow_mut();
             let active = st.active_mut();
@@ -872,15 +882,6 @@ impl Log {
             }
             st.segments.insert(new_base, seg);
             unfinished.base = None;
-        }
-        // The new segment's name must be durable before anything appended to it is acknowledged:
-        // if it cannot be made so, the log fails (as on a failed fdatasync).
-        if let Err(e) = checkpoint::sync_dir_off_executor(&self.dir).await {
-            self.st
-                .borrow_mut()
-                .failed
-                .get_or_insert_with(|| e.to_string());
-            return Err(e);
         }
         // Sync the sealed segment now, so unsynced segments (and their buffers) never pile up. A
         // round runs even if every offset is already flushed: the sealed file still needs its trim
