@@ -346,10 +346,10 @@ mod tests {
     use glommio::io::OpenOptions;
     use proptest::prelude::*;
 
-    /// Appends, tail submits (as sync rounds do) and restarts (as a reopen does) in any order, with a
-    /// buffer of a few blocks: the file always holds exactly the appended bytes, and every write
-    /// stays inside written blocks or inside fresh ones.
-    fn check(ops: Vec<(usize, u8)>) {
+    /// Appends, tail submits (as sync rounds do) and restarts (as a reopen does, at block-aligned
+    /// or mid-block ends) in any order, with buffers of one to four blocks: the file always holds
+    /// exactly the appended bytes, zeros after them.
+    fn check(ops: Vec<(usize, u8)>, buffer_blocks: usize) {
         let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .make()
             .expect("executor");
@@ -370,7 +370,7 @@ mod tests {
                         .expect("open"),
                 )
             };
-            let buffer = 4 * BLOCK_BYTES;
+            let buffer = buffer_blocks * BLOCK_BYTES;
             let mut a = Appender::new(open().await, path.clone(), 0, buffer)
                 .await
                 .expect("appender");
@@ -411,9 +411,10 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
         #[test]
         fn the_file_holds_exactly_what_was_appended(
-            ops in proptest::collection::vec((1usize..3 * BLOCK_BYTES, any::<u8>()), 1..40)
+            ops in proptest::collection::vec((1usize..3 * BLOCK_BYTES, any::<u8>()), 1..40),
+            buffer_blocks in 1usize..5,
         ) {
-            check(ops);
+            check(ops, buffer_blocks);
         }
     }
 }
