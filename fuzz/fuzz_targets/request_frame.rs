@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = decode_request_body::<ListOffsetsRequest>(body, "x");
             let _ = decode_request_body::<OffsetCommitRequest>(body, "x");
             let _ = decode_request_body::<OffsetFetchRequest>(body, "x");
+            let _ = decode_request_body::<InitProducerIdRequest>(body, "x");
         }
     }
 });
