@@ -560,8 +560,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Takes the next request's batches for `endpoint`: every queued batch of its partitions that
-    /// have none in flight (closing open batches whose linger passed), up to `max_request_bytes`.
+    /// Takes the next request's batches for `endpoint`: the queued batches of its partitions that
+    /// have none in flight (closing open batches whose linger passed), up to `max_request_bytes`
+    /// (and, with idempotence, `IDEMPOTENT_BATCHES_PER_REQUEST` per partition, a resent one alone).
     /// With nothing to send, returns when the next open batch's linger ends.
     /// `turn` rotates where the request starts, so that when the queued batches outgrow a request
     /// no partition is always the one left out.
