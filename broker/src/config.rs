@@ -27,6 +27,11 @@ pub struct BrokerConfig {
     pub shard_port_base: Option<u16>,
     /// Largest frame a peer may send; larger length fields close the connection.
     pub max_frame_bytes: usize,
+    /// Bytes of large requests (over 64 KiB) a shard buffers at once, over all its connections: a
+    /// connection whose next frame does not fit waits (stops reading) until others' are served, so
+    /// many clients sending large produces at once cannot run the broker out of memory (as Kafka's
+    /// `queued.max.request.bytes`). At least `max_frame_bytes`.
+    pub max_request_memory_bytes: usize,
     /// How often each shard applies its partitions' retention (`retention.ms`, `retention.bytes`).
     pub retention_check_ms: u64,
     /// Microseconds an idle shard spins before parking (0: park at once, no busy-spinning).
@@ -47,6 +52,7 @@ impl Default for BrokerConfig {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard_port_base: None,
             max_frame_bytes: mlog_wire::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_request_memory_bytes: 256 << 20,
             retention_check_ms: 60_000,
             spin_before_park_us: 0,
             io_memory_bytes: 2 << 20,
@@ -64,6 +70,7 @@ struct FileConfig {
     shards: Option<usize>,
     shard_port_base: Option<u16>,
     max_frame_bytes: Option<usize>,
+    max_request_memory_bytes: Option<usize>,
     retention_check_ms: Option<u64>,
     spin_before_park_us: Option<u64>,
     io_memory_bytes: Option<usize>,
@@ -80,7 +87,8 @@ struct FileConfig {
 )]
 pub struct Args {
     /// TOML configuration file (keys: listen, data_dir, shards, shard_port_base, max_frame_bytes,
-    /// retention_check_ms, spin_before_park_us, io_memory_bytes, max_partitions_per_shard).
+    /// max_request_memory_bytes, retention_check_ms, spin_before_park_us, io_memory_bytes,
+    /// max_partitions_per_shard).
     #[arg(long, env = "MLOG_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9092].
@@ -98,6 +106,9 @@ pub struct Args {
     /// Largest accepted frame in bytes [default: 64 MiB].
     #[arg(long, env = "MLOG_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// Bytes of large requests each shard buffers at once [default: 256 MiB].
+    #[arg(long, env = "MLOG_MAX_REQUEST_MEMORY_BYTES")]
+    pub max_request_memory_bytes: Option<usize>,
     /// Milliseconds between retention passes [default: 60000].
     #[arg(long, env = "MLOG_RETENTION_CHECK_MS")]
     pub retention_check_ms: Option<u64>,
@@ -157,6 +168,10 @@ impl BrokerConfig {
                 .max_frame_bytes
                 .or(file.max_frame_bytes)
                 .unwrap_or(d.max_frame_bytes),
+            max_request_memory_bytes: args
+                .max_request_memory_bytes
+                .or(file.max_request_memory_bytes)
+                .unwrap_or(d.max_request_memory_bytes),
             retention_check_ms: args
                 .retention_check_ms
                 .or(file.retention_check_ms)
@@ -199,6 +214,11 @@ impl BrokerConfig {
         if !(1024..=1 << 30).contains(&self.max_frame_bytes) {
             return Err(ConfigError::Invalid(
                 "max_frame_bytes must be between 1024 and 1 GiB",
+            ));
+        }
+        if self.max_request_memory_bytes < self.max_frame_bytes {
+            return Err(ConfigError::Invalid(
+                "max_request_memory_bytes must be at least max_frame_bytes",
             ));
         }
         if self.max_partitions_per_shard == 0 {

@@ -6,6 +6,11 @@
 //! connection is closed (only this one). A frame that is whole but undecodable gets an
 //! `InvalidRequest` answer and the connection goes on, except a Produce with acks=0: it has no
 //! answer, so any failure of one closes the connection (`dispatch::After::Close`).
+//!
+//! Memory: a frame larger than a read chunk takes its size from the shard's request memory
+//! (`max_request_memory_bytes`) before its buffer exists, and gives it back once it is answered; a
+//! connection whose frame does not fit stops reading until others' frames are served. So the
+//! frames a shard buffers are bounded over all its connections, not only per connection.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -14,6 +19,7 @@ use bytes::BytesMut;
 use futures_lite::future;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
+use glommio::sync::StaticPermit;
 use mlog_wire::protocol::frame::{check_frame, REQUEST_HEADER_BYTES};
 
 use crate::dispatch;
@@ -41,6 +47,8 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // Whether `buf` is the current frame's own buffer (then it holds nothing else).
     let mut own_buffer = false;
+    // The request memory the frame being read holds (frames with a buffer of their own only).
+    let mut memory: Option<StaticPermit> = None;
     let mut pieces = Vec::new();
     loop {
         match check_frame(&buf, REQUEST_HEADER_BYTES, ctx.config.max_frame_bytes) {
@@ -58,14 +66,16 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
                     }
                 }
                 // Release the response's buffers (cache entries, DMA reads) before waiting for the
-                // next request.
+                // next request, and the frame's request memory (what of it stays alive, batches in
+                // the batch cache, that cache's own bound covers).
                 pieces.clear();
+                memory = None;
                 if ctx.stopping() {
                     return;
                 }
             }
             Ok(None) => {
-                if !read_more(&mut stream, &mut buf, &mut own_buffer, &ctx).await {
+                if !read_more(&mut stream, &mut buf, &mut own_buffer, &mut memory, &ctx).await {
                     return;
                 }
             }
@@ -83,6 +93,7 @@ async fn read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     own_buffer: &mut bool,
+    memory: &mut Option<StaticPermit>,
     ctx: &Shard,
 ) -> bool {
     let start = buf.len();
@@ -93,6 +104,21 @@ async fn read_more(
             let total = u32::from_be_bytes(*len) as usize + 4;
             // `buf` holds only this frame's start here (a longer `buf` would hold the whole frame).
             if total > READ_CHUNK_BYTES && !*own_buffer {
+                let units = total as u64;
+                let granted = future::or(
+                    async { ctx.request_memory.acquire_static_permit(units).await.ok() },
+                    async {
+                        while !ctx.stopping() {
+                            glommio::timer::sleep(STOP_POLL).await;
+                        }
+                        None
+                    },
+                )
+                .await;
+                let Some(permit) = granted else {
+                    return false;
+                };
+                *memory = Some(permit);
                 let mut own = BytesMut::with_capacity(total);
                 own.extend_from_slice(buf);
                 *buf = own;

@@ -49,6 +49,9 @@ pub(crate) struct Shard {
     pub endpoints: Endpoints,
     /// Ids for idempotent producers, shared by every shard.
     pub producer_ids: Arc<ProducerIds>,
+    /// Bytes of large requests this shard's connections may buffer at once
+    /// (`max_request_memory_bytes`; see `connection`).
+    pub request_memory: Rc<Semaphore>,
     /// The newest topic table this shard applied.
     pub topics: RefCell<Rc<TopicTable>>,
     /// The partitions this shard owns.
@@ -664,12 +667,14 @@ pub(crate) fn spawn(
                     return;
                 }
             };
+            let request_memory = Rc::new(Semaphore::new(config.max_request_memory_bytes as u64));
             let shard = Rc::new(Shard {
                 config,
                 stopping,
                 mesh,
                 endpoints,
                 producer_ids,
+                request_memory,
                 topics: RefCell::new(Rc::new(TopicTable { revision: 0, topics: Vec::new() })),
                 partitions: RefCell::new(HashMap::new()),
                 apply_lock: Semaphore::new(1),

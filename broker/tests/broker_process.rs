@@ -289,3 +289,87 @@ fn topics_are_created_described_spread_over_shards_and_survive_a_restart() {
     }
     assert_eq!(broker.terminate(), 0);
 }
+
+#[test]
+fn large_requests_wait_for_the_shards_request_memory_while_small_ones_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for two frames of about 1 MB per shard.
+    let broker = Broker::start(
+        dir.path(),
+        &[
+            "--max-frame-bytes",
+            "1100000",
+            "--max-request-memory-bytes",
+            "2200000",
+        ],
+    );
+    let mut admin = broker.connect();
+    assert_eq!(create(&mut admin, "big", 1, &[]).error, ErrorCode::None);
+    // Every connection below goes to shard 0's own listener, so they share one budget.
+    let shard0 = metadata(&mut admin, None)
+        .endpoints
+        .into_iter()
+        .find(|e| e.shard == 0)
+        .expect("shard 0 listener");
+    let connect = || {
+        let s = std::net::TcpStream::connect((shard0.host.as_str(), shard0.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        s
+    };
+    let mut b = mlog_wire::RecordBatchBuilder::new();
+    for i in 0..900 {
+        b.push(mlog_wire::NewRecord::new(i, None, Some(&[7u8; 1000][..])))
+            .unwrap();
+    }
+    let records = b.build().unwrap();
+    let produce = ProduceRequest {
+        acks: 1,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: "big",
+            partitions: vec![ProducePartition {
+                partition: 0,
+                records: mlog_wire::protocol::RawBytes(&records),
+            }],
+        }],
+    };
+    let frame = request(ApiKey::Produce, 7, &produce);
+    assert!(frame.len() > 900_000 && frame.len() < 1_100_000);
+    let half = frame.len() / 2;
+    // Two connections start large frames: together they hold the whole budget.
+    let (mut first, mut second) = (connect(), connect());
+    first.write_all(&frame[..half]).unwrap();
+    second.write_all(&frame[..half]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A third large frame must wait: no answer while the budget is taken...
+    let mut third = connect();
+    third.write_all(&frame).unwrap();
+    third
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let waited = third.read(&mut byte);
+    assert!(
+        matches!(&waited, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "answered before any memory was free: {waited:?}"
+    );
+    // ...while small requests on the same shard are served.
+    let mut small = connect();
+    api_versions_ok(&mut small, 3);
+    // Once the first frame is whole and answered, its memory lets the third one in.
+    first.write_all(&frame[half..]).unwrap();
+    let (h, _) = read_response(&mut first);
+    assert_eq!((h.correlation_id, h.error), (7, ErrorCode::None));
+    third
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let (h, body) = read_response(&mut third);
+    assert_eq!((h.correlation_id, h.error), (7, ErrorCode::None));
+    let r: ProduceResponse = decode_body(&body, "produce").unwrap();
+    assert_eq!(r.topics[0].partitions[0].error, ErrorCode::None);
+    second.write_all(&frame[half..]).unwrap();
+    let (h, _) = read_response(&mut second);
+    assert_eq!(h.error, ErrorCode::None);
+    assert_eq!(broker.terminate(), 0);
+}
