@@ -28,10 +28,9 @@
 //! numbers, and the broker answers a batch it already stored with the offsets it got the first time
 //! instead of storing it again, also across a broker restart (a partition's producer state is
 //! durable). So every record is stored at most once and, once acknowledged, exactly once. Without
-//! idempotence, delivery on a broken
-//! connection is at-least-once: a batch whose connection broke after the broker appended it is
-//! resent and stored twice, and a timed-out produce is not resent (the broker is then most likely
-//! still working on it).
+//! idempotence, delivery on a broken connection is at-least-once: a batch whose connection broke
+//! after the broker appended it is resent and stored twice, and a timed-out produce is not resent
+//! (the broker is then most likely still working on it).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
