@@ -23,7 +23,7 @@ use glommio::sync::StaticPermit;
 use mlog_wire::protocol::frame::{check_frame, REQUEST_HEADER_BYTES};
 
 use crate::dispatch;
-use crate::shard::{Shard, STOP_POLL};
+use crate::shard::Shard;
 
 /// Bytes read from the socket at a time. A frame larger than this gets a buffer of its own, exactly
 /// its size, once its length is known (as Kafka does): it is never regrown and copied while it
@@ -108,9 +108,7 @@ async fn read_more(
                 let granted = future::or(
                     async { ctx.request_memory.acquire_static_permit(units).await.ok() },
                     async {
-                        while !ctx.stopping() {
-                            glommio::timer::sleep(STOP_POLL).await;
-                        }
+                        ctx.until_stopping().await;
                         None
                     },
                 )
@@ -129,9 +127,7 @@ async fn read_more(
         None => READ_CHUNK_BYTES,
     };
     let read = future::or(async { Some(recv_into(stream, buf, want).await) }, async {
-        while !ctx.stopping() {
-            glommio::timer::sleep(STOP_POLL).await;
-        }
+        ctx.until_stopping().await;
         // Stopping: an idle connection closes now, one in the middle of a frame gets a moment to
         // finish sending it.
         if start > 0 {

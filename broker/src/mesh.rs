@@ -201,9 +201,7 @@ impl Mesh {
                     false
                 },
                 async {
-                    while !shard.stopping() {
-                        glommio::timer::sleep(crate::shard::STOP_POLL).await;
-                    }
+                    shard.until_stopping().await;
                     true
                 },
             )

@@ -73,6 +73,14 @@ impl Shard {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// Returns once the broker is stopping (checked every `STOP_POLL`): the other side of a race
+    /// that must end at shutdown.
+    pub(crate) async fn until_stopping(&self) {
+        while !self.stopping() {
+            glommio::timer::sleep(STOP_POLL).await;
+        }
+    }
+
     /// Runs an operation another shard (or this one) asked for.
     pub(crate) async fn run_op(self: &Rc<Self>, op: Op) -> Reply {
         match op {
@@ -743,9 +751,7 @@ async fn serve(listener: TcpListener, shard: Rc<Shard>) {
     let open = Rc::new(Cell::new(0usize));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !shard.stopping() {
-                glommio::timer::sleep(STOP_POLL).await;
-            }
+            shard.until_stopping().await;
             None
         })
         .await;

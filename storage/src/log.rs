@@ -863,13 +863,7 @@ impl Log {
         // The new segment's name must be durable before anything appended to it is acknowledged,
         // so before it is in the log (this future may be dropped at any await: the guard above then
         // removes the files). If it cannot be made so, the log fails (as on a failed fdatasync).
-        if let Err(e) = checkpoint::sync_dir_off_executor(&self.dir).await {
-            self.st
-                .borrow_mut()
-                .failed
-                .get_or_insert_with(|| e.to_string());
-            return Err(e);
-        }
+        self.fail_on_error(checkpoint::sync_dir_off_executor(&self.dir).await)?;
         {
             let mut st = self.st.borrow_mut();
             let active = st.active_mut();
