@@ -13,6 +13,10 @@
 //!   synced before the active one, so a durable offset never depends on an unsynced older segment;
 //! * the recovery-point checkpoint names a segment base below which every segment is synced and
 //!   trimmed, so recovery scans only from there;
+//! * a roll waits for no I/O but creating the new segment: the next round makes its name durable
+//!   (before anything in it is acknowledged), and a background task trims and syncs the sealed
+//!   segment after its data is durable. Recovery therefore keeps the segments after a sealed one
+//!   with an untrimmed tail when the next segment starts right after its last valid batch;
 //! * a clean-shutdown checkpoint is removed (and the removal synced) before the first new append can
 //!   reach the disk, so a crash after reopening is never mistaken for a clean stop;
 //! * an idempotent producer's batch already stored (`producers`) is answered with its first offsets,
@@ -210,6 +214,10 @@ struct State {
     syncs_running: usize,
     /// The log end the newest started round covers.
     sync_covering: u64,
+    /// Rolls so far, and how many of them a directory fsync covered: a round that carries appends
+    /// past a roll first makes the new segment's name durable.
+    rolls: u64,
+    rolls_named_durably: u64,
     /// A retired segment file the next roll reuses (`LogConfig::recycle_segments`). It holds stale
     /// batches of offsets below the log start, which no scan accepts after newer data: a scan wants
     /// each batch to continue the offsets before it, and offsets only grow (`restart_at`, the one
@@ -271,6 +279,8 @@ impl State {
 
 /// A partition's durable log. See the module docs for its concurrency and durability rules.
 pub struct Log {
+    /// This log, for the background task that finishes a sealed segment after a roll.
+    me: Weak<Log>,
     dir: PathBuf,
     config: LogConfig,
     st: RefCell<State>,
@@ -279,6 +289,8 @@ pub struct Log {
     sync_done: Event,
     /// Serializes checkpoint file writes.
     checkpoint_lock: Semaphore,
+    /// Serializes the finishing of sealed segments (`finish_sealed`).
+    finish_lock: Semaphore,
     recovery: RecoveryStats,
 }
 
@@ -398,7 +410,10 @@ impl Log {
                 truncated = recover_segment(&mut seg, &config, &mut stats).await?;
             }
             expected_next = Some(seg.next_offset);
-            if truncated && !is_last {
+            // A sealed segment is trimmed after the next one took appends (off the acknowledgement
+            // path), so a crash can leave its preallocated or recycled tail: when the next segment
+            // starts right after its valid batches, nothing is missing and the cut was that tail.
+            if truncated && !is_last && next_base != Some(seg.next_offset) {
                 // Later segments cannot continue an invalid byte: drop them (see module docs).
                 for &b in &bases[i + 1..] {
                     remove_segment_files(&dir, b)?;
@@ -473,7 +488,8 @@ impl Log {
         )?;
         checkpoint::sync_dir(&dir)?;
 
-        let log = Rc::new(Log {
+        let log = Rc::new_cyclic(|me| Log {
+            me: me.clone(),
             st: RefCell::new(State {
                 segments,
                 log_start,
@@ -488,12 +504,15 @@ impl Log {
                 syncs: 0,
                 syncs_running: 0,
                 sync_covering: log_end,
+                rolls: 0,
+                rolls_named_durably: 0,
                 spare,
                 producers: Producers::default(),
             }),
             append_lock: Semaphore::new(1),
             sync_done: Event::new(),
             checkpoint_lock: Semaphore::new(1),
+            finish_lock: Semaphore::new(1),
             recovery: stats,
             dir,
             config,
@@ -688,13 +707,7 @@ impl Log {
             .await?;
         drop(_permit);
         if rolled {
-            // A snapshot per segment bounds what an unclean open reads to rebuild the producers.
-            // Written outside the lock (it covers whatever is appended when it is taken), so that
-            // the partition's other appends do not wait for its fsyncs. A shortcut only: without
-            // it the open reads from an older snapshot (with none, the whole log).
-            if let Err(e) = self.persist(Kind::ProducerSnapshot).await {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the producer snapshot failed");
-            }
+            self.spawn_after_roll();
         }
         if self.config.flush == FlushPolicy::Always {
             self.flush_upto(info.last_offset + 1).await?;
@@ -855,35 +868,41 @@ impl Log {
         // Until the new segment is in the log, its files are removed if the roll fails or its future
         // is dropped: appends may go on in the old segment past `new_base`, and a later open would
         // read a file left there (a recycled one is full of old batches) as a segment out of place.
-        let mut unfinished = UnfinishedSegment {
+        let mut new_files = UnfinishedSegment {
             dir: &self.dir,
             base: Some(new_base),
         };
+        // At most one sealed segment is unfinished, so the recovery point lags by one segment at
+        // most: a log that rolls faster than segments finish (tiny segments) waits here.
+        if self.st.borrow().segments.values().any(|s| s.unfinished) {
+            self.finish_sealed().await?;
+        }
+        // The old segment's last writes go out while the new one is created; its appender (and
+        // buffers) go once they landed, so a roll never doubles the writes in flight.
+        let (end, written) = {
+            let mut st = self.st.borrow_mut();
+            let a = st.active_mut().appender.as_mut();
+            let a =
+                a.ok_or_else(|| StorageError::Failed("the active segment has no appender".into()))?;
+            (a.submit_tail(), a.state().clone())
+        };
         let seg = self.new_active_segment(new_base).await?;
-        // The new segment's name must be durable before anything appended to it is acknowledged,
-        // so before it is in the log (this future may be dropped at any await: the guard above then
-        // removes the files). If it cannot be made so, the log fails (as on a failed fdatasync).
-        self.fail_on_error(checkpoint::sync_dir_off_executor(&self.dir).await)?;
+        written.wait_written(end).await?;
+        // Nothing else waits here: the next round syncs the sealed data and makes the new name
+        // durable (before anything appended to it is acknowledged), and the sealed segment is
+        // trimmed in the background (`spawn_after_roll`).
         {
             let mut st = self.st.borrow_mut();
             let active = st.active_mut();
-            if let Some(a) = active.appender.as_mut() {
-                a.submit_tail();
-            }
+            active.appender = None;
+            active.unfinished = true;
             if let Err(e) = active.seal() {
                 st.failed.get_or_insert_with(|| e.to_string());
                 return Err(e);
             }
             st.segments.insert(new_base, seg);
-            unfinished.base = None;
-        }
-        // Sync the sealed segment now, so unsynced segments (and their buffers) never pile up. A
-        // round runs even if every offset is already flushed: the sealed file still needs its trim
-        // and its indexes their sync.
-        self.start_round();
-        {
-            let _round = RoundGuard(self);
-            self.sync_all().await?;
+            st.rolls += 1;
+            new_files.base = None;
         }
         // Retention at the roll keeps a log at its limit from growing by more than one segment
         // between periodic checks, and hands the next roll a spare file to reuse. It is
@@ -967,11 +986,13 @@ impl Log {
         st.sync_covering = st.sync_covering.max(st.log_end);
     }
 
-    /// Flushes, then waits until no sync round runs. Callers hold `append_lock`, so no append can
-    /// start a new round; what follows may then change segments' files (truncate, close) without a
-    /// round still working on them.
+    /// Flushes, finishes every sealed segment, then waits until no sync round runs. Callers hold
+    /// `append_lock`, so no append can start a new round or roll; what follows may then change
+    /// segments' files (truncate, close) with only the active segment unfinished and no round
+    /// still working on them.
     async fn flush_and_quiesce(&self) -> Result<()> {
         self.flush().await?;
+        self.finish_sealed().await?;
         loop {
             let listener = {
                 if self.st.borrow().syncs_running == 0 {
@@ -986,113 +1007,194 @@ impl Log {
         }
     }
 
-    /// One group-commit round: syncs every segment with unsynced data, covering every append made
-    /// before it started. Only one runs at a time (`sync_running`).
+    /// One group-commit round: syncs every segment with unsynced data (and, after a roll, the
+    /// directory), covering every append made before it started.
     async fn sync_all(&self) -> Result<()> {
-        let (end, jobs) = {
+        let (end, rolls, sealed, active) = {
             let mut st = self.st.borrow_mut();
             let end = st.log_end;
-            let jobs: Vec<SyncJob> = st
+            let rolls = (st.rolls > st.rolls_named_durably).then_some(st.rolls);
+            let flushed = st.flushed;
+            let sealed: Vec<(Rc<glommio::io::DmaFile>, PathBuf)> = st
                 .segments
-                .values_mut()
-                .filter_map(|seg| {
-                    let sealed = seg.sealed;
-                    let size = seg.size;
-                    let a = seg.appender.as_mut()?;
-                    Some(SyncJob {
-                        base: seg.base_offset,
-                        position: a.submit_tail(),
-                        file: a.file().clone(),
-                        state: a.state().clone(),
-                        path: seg.log_path.clone(),
-                        sealed,
-                        size,
-                    })
-                })
+                .range(..)
+                .filter(|(_, s)| s.unfinished && end_offset_of(&st, s.base_offset) > flushed)
+                .map(|(_, s)| (s.file.clone(), s.log_path.clone()))
                 .collect();
-            (end, jobs)
+            let active = st.active_mut();
+            let path = active.log_path.clone();
+            let active = active
+                .appender
+                .as_mut()
+                .map(|a| (a.file().clone(), a.state().clone(), path, a.submit_tail()));
+            (end, rolls, sealed, active)
         };
-        let outcome = self.run_sync_jobs(&jobs).await;
-        let new_recovery_point = {
-            let mut st = self.st.borrow_mut();
-            match outcome {
-                // An overlapping round may have failed after this one's fdatasync consumed the
-                // error report: a failed log never reports anything as newly durable.
-                Ok(_) if st.failed.is_some() => {
-                    return Err(StorageError::Failed(st.failed.clone().unwrap_or_default()));
-                }
-                Ok(sealed_synced) => {
-                    st.flushed = st.flushed.max(end);
-                    st.syncs += 1;
-                    // Recovery must start at the oldest segment that is not yet synced and trimmed.
-                    let rp = st
-                        .segments
-                        .values()
-                        .find(|s| s.appender.is_some())
-                        .map_or(st.log_end, |s| s.base_offset);
-                    (sealed_synced && rp > st.recovery_point).then(|| {
-                        st.recovery_point = rp;
-                        rp
-                    })
-                }
-                Err(e) => {
-                    st.failed.get_or_insert_with(|| e.to_string());
-                    return Err(e);
-                }
+        // Sealed segments first: a durable offset never depends on an unsynced older segment. The
+        // directory fsync runs beside them, on the blocking pool.
+        let data = async {
+            for (file, path) in &sealed {
+                file.fdatasync().await.ctx("fdatasync", path)?;
+            }
+            if let Some((file, state, path, position)) = &active {
+                Appender::sync_upto(file, state, path, *position).await?;
+            }
+            Ok(())
+        };
+        let names = async {
+            match rolls {
+                Some(_) => checkpoint::sync_dir_off_executor(&self.dir).await,
+                None => Ok(()),
             }
         };
-        if new_recovery_point.is_some() {
-            // The round is durable whatever happens here: a stale recovery point only means more
-            // scanning after a crash, so a failure is logged, not reported as a failed flush.
+        let (data, names) = futures_lite::future::zip(data, names).await;
+        let outcome = data.and(names);
+        let mut st = self.st.borrow_mut();
+        match outcome {
+            // An overlapping round may have failed after this one's fdatasync consumed the error
+            // report: a failed log never reports anything as newly durable.
+            Ok(()) if st.failed.is_some() => {
+                Err(StorageError::Failed(st.failed.clone().unwrap_or_default()))
+            }
+            Ok(()) => {
+                st.flushed = st.flushed.max(end);
+                st.syncs += 1;
+                if let Some(r) = rolls {
+                    st.rolls_named_durably = st.rolls_named_durably.max(r);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                st.failed.get_or_insert_with(|| e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts `after_roll` as a task of its own, so that neither the append that rolled nor the
+    /// ones behind it wait for it.
+    fn spawn_after_roll(&self) {
+        let me = self.me.clone();
+        glommio::spawn_local(async move {
+            if let Some(log) = me.upgrade() {
+                if let Err(e) = log.after_roll().await {
+                    tracing::warn!(dir = %log.dir.display(), error = %e, "finishing a sealed segment failed");
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Finishes the segment a roll sealed, then writes a producer snapshot: one per segment bounds
+    /// what an unclean open reads to rebuild the producers (a shortcut only: without it the open
+    /// reads from an older snapshot, with none the whole log).
+    async fn after_roll(&self) -> Result<()> {
+        let _permit = self
+            .finish_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        if self.st.borrow().closed || !self.finish_sealed_locked().await? {
+            return Ok(());
+        }
+        self.persist(Kind::ProducerSnapshot).await
+    }
+
+    /// Finishes every sealed segment that still has its appender: waits until its data is durable
+    /// (in a round shared with appends), trims its file to its data, syncs it and its indexes, and
+    /// then advances the recovery point past it. This is off the acknowledgement path, which a
+    /// crash before it completes cannot hurt: recovery keeps the segments after a sealed one whose
+    /// untrimmed tail follows complete batches (see `open`). Returns whether it finished any.
+    async fn finish_sealed(&self) -> Result<bool> {
+        let _permit = self
+            .finish_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        self.finish_sealed_locked().await
+    }
+
+    /// `finish_sealed` for a holder of `finish_lock`.
+    async fn finish_sealed_locked(&self) -> Result<bool> {
+        let mut finished = false;
+        loop {
+            let job = {
+                let st = self.st.borrow();
+                st.segments.values().find(|s| s.unfinished).map(|s| {
+                    (
+                        s.base_offset,
+                        end_offset_of(&st, s.base_offset),
+                        s.file.clone(),
+                        s.log_path.clone(),
+                        s.size,
+                    )
+                })
+            };
+            let Some((base, data_end, file, path, size)) = job else {
+                break;
+            };
+            self.flush_upto(data_end).await?;
+            let outcome = self.finish_segment(base, &file, &path, size).await;
+            self.fail_on_error(outcome)?;
+            finished = true;
+        }
+        let advanced = {
+            let mut st = self.st.borrow_mut();
+            // Never past the active segment, whose file is not trimmed (a truncation may be
+            // rebuilding it as the active one at this very moment).
+            let active = st.active().base_offset;
+            let rp = st
+                .segments
+                .values()
+                .find(|s| s.unfinished)
+                .map_or(active, |s| s.base_offset.min(active));
+            let advanced = finished && rp > st.recovery_point;
+            if advanced {
+                st.recovery_point = rp;
+            }
+            advanced
+        };
+        if advanced {
+            // A stale recovery point only means more scanning after a crash: logged, not failed.
             if let Err(e) = self.persist(Kind::RecoveryPoint).await {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery point failed");
             }
         }
-        Ok(())
+        Ok(finished)
     }
 
-    /// Syncs sealed segments (trimming their files and indexes) then the active one. Returns whether a
-    /// sealed segment was finished.
-    async fn run_sync_jobs(&self, jobs: &[SyncJob]) -> Result<bool> {
-        let mut sealed_synced = false;
-        for job in jobs {
-            if job.sealed {
-                job.state.wait_written(job.position).await?;
-                job.file
-                    .truncate(job.size)
-                    .await
-                    .ctx("trimming segment", &job.path)?;
-                Appender::sync_upto(&job.file, &job.state, &job.path, job.position).await?;
-                let handles = {
-                    let st = self.st.borrow();
-                    match st.segments.get(&job.base) {
-                        Some(seg) => {
-                            Some((seg.index.sync_handle()?, seg.time_index.sync_handle()?))
-                        }
-                        None => None,
-                    }
-                };
-                if let Some((index, time_index)) = handles {
-                    let path = job.path.clone();
-                    glommio::executor()
-                        .spawn_blocking(move || {
-                            index
-                                .sync_all()
-                                .and_then(|_| time_index.sync_all())
-                                .ctx("syncing index", &path)
-                        })
-                        .await?;
-                }
-                if let Some(seg) = self.st.borrow_mut().segments.get_mut(&job.base) {
-                    seg.appender = None;
-                    seg.allocated = job.size;
-                }
-                sealed_synced = true;
-            } else {
-                Appender::sync_upto(&job.file, &job.state, &job.path, job.position).await?;
+    /// Trims a sealed segment whose data is durable and syncs the trim and its indexes.
+    async fn finish_segment(
+        &self,
+        base: u64,
+        file: &glommio::io::DmaFile,
+        path: &Path,
+        size: u64,
+    ) -> Result<()> {
+        file.truncate(size).await.ctx("trimming segment", path)?;
+        file.fdatasync().await.ctx("fdatasync", path)?;
+        let handles = {
+            let st = self.st.borrow();
+            match st.segments.get(&base) {
+                Some(seg) => Some((seg.index.sync_handle()?, seg.time_index.sync_handle()?)),
+                None => None,
             }
+        };
+        if let Some((index, time_index)) = handles {
+            let path = path.to_path_buf();
+            glommio::executor()
+                .spawn_blocking(move || {
+                    index
+                        .sync_all()
+                        .and_then(|_| time_index.sync_all())
+                        .ctx("syncing index", &path)
+                })
+                .await?;
         }
-        Ok(sealed_synced)
+        if let Some(seg) = self.st.borrow_mut().segments.get_mut(&base) {
+            seg.unfinished = false;
+            seg.allocated = size;
+        }
+        Ok(())
     }
 
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` (at least one
@@ -1448,8 +1550,9 @@ impl Log {
             offset.max(st.log_start).min(st.log_end)
         };
         // The start must never be durable ahead of the data: after a crash it would lie past the
-        // recovered log end.
+        // recovered log end. Only finished segments are deleted: finish the sealed ones first.
         self.flush_upto(new_start).await?;
+        self.finish_sealed().await?;
         self.delete_segments(new_start).await
     }
 
@@ -1461,6 +1564,8 @@ impl Log {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
+        // Only finished segments are deleted: finish the sealed ones first.
+        self.finish_sealed().await?;
         self.apply_retention(now).await
     }
 
@@ -1523,10 +1628,7 @@ impl Log {
                 .segments
                 .values()
                 .filter(|s| {
-                    s.base_offset != last
-                        && s.sealed
-                        && s.appender.is_none()
-                        && s.next_offset <= new_start
+                    s.base_offset != last && s.sealed && !s.unfinished && s.next_offset <= new_start
                 })
                 .map(|s| s.base_offset)
                 .collect();
@@ -1584,12 +1686,6 @@ impl Log {
             .map_err(|_| StorageError::Closed)?;
         self.st.borrow().check_writable()?;
         self.flush_and_quiesce().await?;
-        // One more round finishes sealed segments that a failed or cancelled roll left unsynced.
-        self.start_round();
-        {
-            let _round = RoundGuard(self);
-            self.sync_all().await?;
-        }
         let (file, path, size, index, time_index, clean) = {
             let mut st = self.st.borrow_mut();
             st.closed = true;
@@ -1842,16 +1938,6 @@ fn encode_epochs(epochs: &[EpochEntry]) -> Vec<u8> {
 }
 
 /// A sync of one segment, captured so no borrow is held while it runs.
-struct SyncJob {
-    base: u64,
-    position: u64,
-    file: Rc<glommio::io::DmaFile>,
-    state: Rc<crate::appender::WriteState>,
-    path: PathBuf,
-    sealed: bool,
-    size: u64,
-}
-
 /// A disk read, captured so no borrow is held while it runs.
 struct DiskRead {
     file: Rc<glommio::io::DmaFile>,

@@ -5,8 +5,9 @@
 //!   padding of the tail block) are never read as data;
 //! * batches are contiguous: the first starts at `base_offset`, each next one at the previous
 //!   one's last offset + 1, and `next_offset` is one past the last;
-//! * the segment has an `Appender` while it is active or while its last writes are not yet synced;
-//!   a synced sealed segment's file is exactly `size` bytes long and its indexes are trimmed.
+//! * only the active segment has an `Appender`; a sealed segment's writes have all landed;
+//! * a sealed segment is `unfinished` until its data is synced, its file trimmed to exactly `size`
+//!   bytes and its indexes synced (`Log::finish_sealed`); a finished one is never written again.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -64,10 +65,12 @@ pub(crate) struct Segment {
     pub log_path: PathBuf,
     pub index: OffsetIndex,
     pub time_index: TimeIndex,
-    /// Present while active or while writes await their sync.
+    /// Present while active.
     pub appender: Option<Appender>,
     /// No more appends; the indexes are trimmed.
     pub sealed: bool,
+    /// Sealed, but not yet trimmed and synced with its indexes.
+    pub unfinished: bool,
     pub bytes_since_index: u64,
     /// File length including preallocated space.
     pub allocated: u64,
@@ -120,6 +123,7 @@ impl Segment {
             time_index,
             appender: None,
             sealed: !writable,
+            unfinished: false,
             bytes_since_index: 0,
             allocated,
             created: Instant::now(),

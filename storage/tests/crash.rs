@@ -277,6 +277,116 @@ fn batches_larger_than_the_scan_window_are_validated_and_cut_when_damaged() {
 
 // ---- kill -9 of a real writer process ----
 
+/// What a crash can leave past the data of a segment a roll sealed but had not trimmed yet.
+enum SealedTail {
+    /// Preallocated space.
+    Zeros,
+    /// A recycled file's stale batches (valid CRCs, offsets of an older segment).
+    StaleBatch,
+    /// The same, after the segment's last batch lost its final byte: a batch really is missing.
+    ZerosAfterATornLastBatch,
+}
+
+/// A roll makes the new segment take appends before the sealed one is trimmed (off the
+/// acknowledgement path), so a crash can leave a sealed segment with a tail past its batches. Every
+/// batch after it must survive when none of its own is missing, and the ones after a hole must not.
+fn sealed_segment_tail_recovery(tail: SealedTail) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 32 << 10,
+        ..small_config()
+    };
+    let written = run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut written = Vec::new();
+        while log.segment_bases().len() < 4 {
+            let b = random_batch(&mut rng, 0);
+            let info = log.append(bytes(&b)).await.unwrap();
+            written.push((info.base_offset, as_stored(&b, info.base_offset)));
+        }
+        log.close().await.unwrap();
+        written
+    });
+    let bases = run(|| async {
+        Log::open(dir.path(), config.clone())
+            .await
+            .unwrap()
+            .segment_bases()
+    });
+    // An unclean stop from before the second segment was finished: everything is scanned.
+    for ckpt in ["clean-shutdown.ckpt", "recovery-point.ckpt"] {
+        let _ = std::fs::remove_file(dir.path().join(ckpt));
+    }
+    let sealed = dir.path().join(format!("{:020}.log", bases[1]));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&sealed)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    let mut expected = written.clone();
+    match tail {
+        SealedTail::Zeros => file.set_len(len + 12_288).unwrap(),
+        SealedTail::StaleBatch => file.write_all_at(&written[0].1, len).unwrap(),
+        SealedTail::ZerosAfterATornLastBatch => {
+            expected.retain(|(base, _)| *base < bases[2]);
+            // Half its bytes gone (a record's last byte is often zero: one byte would not do).
+            let last = expected.pop().unwrap().1.len() as u64;
+            file.set_len(len - last / 2).unwrap();
+            file.set_len(len + 12_288).unwrap();
+        }
+    }
+    drop(file);
+    run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        let stats = log.recovery_stats().clone();
+        assert!(read_all(&log).await == expected, "recovered batches differ");
+        let kept = match tail {
+            SealedTail::ZerosAfterATornLastBatch => 2,
+            _ => bases.len(),
+        };
+        assert_eq!(log.segment_bases(), &bases[..kept]);
+        assert_eq!(stats.segments_scanned, kept, "{stats:?}");
+        assert_eq!(stats.segments_removed, bases.len() - kept, "{stats:?}");
+        // The tail is gone from the file, and the log goes on where it ends.
+        let next = log.log_end_offset();
+        let b = batch(11, 2, 50, 0);
+        assert_eq!(log.append(bytes(&b)).await.unwrap().base_offset, next);
+        log.close().await.unwrap();
+        expected.push((next, as_stored(&b, next)));
+    });
+    let kept = std::fs::metadata(&sealed).map_or(0, |m| m.len());
+    let sealed_data: usize = expected
+        .iter()
+        .filter(|(base, _)| (bases[1]..bases[2]).contains(base))
+        .map(|(_, b)| b.len())
+        .sum();
+    assert_eq!(
+        kept, sealed_data as u64,
+        "the sealed file is trimmed to its batches"
+    );
+    run(|| async {
+        let log = Log::open(dir.path(), config.clone()).await.unwrap();
+        assert_eq!(read_all(&log).await, expected);
+    });
+}
+
+#[test]
+fn a_sealed_segment_with_a_zero_tail_keeps_the_segments_after_it() {
+    sealed_segment_tail_recovery(SealedTail::Zeros);
+}
+
+#[test]
+fn a_sealed_segment_with_stale_batches_past_its_end_keeps_the_segments_after_it() {
+    sealed_segment_tail_recovery(SealedTail::StaleBatch);
+}
+
+#[test]
+fn a_sealed_segment_missing_its_last_batch_drops_the_segments_after_it() {
+    sealed_segment_tail_recovery(SealedTail::ZerosAfterATornLastBatch);
+}
+
 const CHILD_ENV: &str = "MLOG_CRASH_CHILD_DIR";
 /// Set for the recycling variant: the child's log keeps only ~128 KiB, so its rolls reuse the files
 /// of the segments retention deletes.

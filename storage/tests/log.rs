@@ -141,9 +141,11 @@ fn unclean_reopen_scans_only_from_the_recovery_point() {
         let log = Log::open(dir.path(), small_config()).await.unwrap();
         let stats = log.recovery_stats().clone();
         assert!(!stats.clean_shutdown);
-        assert_eq!(
-            stats.segments_scanned, 1,
-            "only the active segment is past the recovery point"
+        // The segment sealed by the last roll is finished (trimmed, then trusted) in the
+        // background, which the end of the first run may have cut short.
+        assert!(
+            (1..=2).contains(&stats.segments_scanned),
+            "only the active segment, and at most the one sealed last, are past the recovery point: {stats:?}"
         );
         assert!(log.segment_bases().len() > 3);
         assert_eq!(read_all(&log, 0, 1 << 16).await, written);
@@ -313,13 +315,18 @@ fn a_roll_dropped_half_way_leaves_no_segment_file_behind() {
         let big = batch(99, 3, 4000, 0);
         {
             let mut append = std::pin::pin!(log.append(bytes(&big)));
-            // One poll runs the roll up to its first wait for the disk, after the rename.
-            assert!(futures_lite::future::poll_once(&mut append).await.is_none());
+            // Polled until the roll renamed the spare (it may first wait for the segment the last
+            // roll sealed to be finished); its next step, opening the file, waits for the disk.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !files_with_suffix(dir.path(), "spare").is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the roll never took the spare"
+                );
+                assert!(futures_lite::future::poll_once(&mut append).await.is_none());
+                futures_lite::future::yield_now().await;
+            }
         }
-        assert!(
-            files_with_suffix(dir.path(), "spare").is_empty(),
-            "the dropped roll had taken the spare"
-        );
         let stray = log.log_end_offset();
         // Appends that fit go on in the old segment, past the stray base; then a real roll.
         while *log.segment_bases().last().unwrap() == active {
