@@ -317,7 +317,12 @@ impl Log {
         }
         crate::dma_probe::ensure_probed(&dir).await?;
         let (bases, mut spares) = list_segments(&dir)?;
-        let spare = if config.recycle_segments {
+        let clean = read_clean_shutdown(&dir)?;
+        // After an unclean stop the spare may not be what its name says: a roll renames it to the
+        // new segment's name without waiting for a directory fsync (the next round does that before
+        // anything in it is acknowledged), so a power loss can keep the old name over new,
+        // unacknowledged batches whose offsets are not below the log start.
+        let spare = if config.recycle_segments && clean.is_some() {
             spares.pop().map(|path| Spare { path, file: None })
         } else {
             None
@@ -325,7 +330,6 @@ impl Log {
         for path in spares {
             std::fs::remove_file(&path).ctx("removing spare segment", &path)?;
         }
-        let clean = read_clean_shutdown(&dir)?;
         let recovery_point = read_u64(&dir, Kind::RecoveryPoint)?.unwrap_or(0);
         let mut log_start = read_u64(&dir, Kind::LogStartOffset)?.unwrap_or(0);
         let high_watermark = read_u64(&dir, Kind::HighWatermark)?.unwrap_or(0);
@@ -649,13 +653,12 @@ impl Log {
         if let Some(epoch) = leader_epoch {
             self.record_epoch(epoch).await?;
         }
-        let rolled = self
-            .roll_if_needed(
-                len as u64,
-                header.last_offset_delta as u64,
-                header.max_timestamp,
-            )
-            .await?;
+        self.roll_if_needed(
+            len as u64,
+            header.last_offset_delta as u64,
+            header.max_timestamp,
+        )
+        .await?;
         self.preallocate_for(len as u64).await?;
 
         let (info, write_state) = {
@@ -706,9 +709,6 @@ impl Log {
             .wait_room(self.config.max_writes_in_flight)
             .await?;
         drop(_permit);
-        if rolled {
-            self.spawn_after_roll();
-        }
         if self.config.flush == FlushPolicy::Always {
             self.flush_upto(info.last_offset + 1).await?;
         }
@@ -789,8 +789,8 @@ impl Log {
         Ok(())
     }
 
-    /// Rolls if an append of this batch must go to a new segment; returns whether it rolled.
-    async fn roll_if_needed(&self, len: u64, last_delta: u64, max_timestamp: i64) -> Result<bool> {
+    /// Rolls if an append of this batch must go to a new segment.
+    async fn roll_if_needed(&self, len: u64, last_delta: u64, max_timestamp: i64) -> Result<()> {
         let too_old = match self.config.segment_ms {
             Some(limit) if self.st.borrow().active().size > 0 => {
                 self.active_segment_age(max_timestamp).await? >= limit
@@ -806,8 +806,9 @@ impl Log {
         };
         if roll {
             self.roll().await?;
+            self.spawn_after_roll();
         }
-        Ok(roll)
+        Ok(())
     }
 
     /// The active segment's age for `segment_ms`, as Kafka measures it: the new batch's max
@@ -1093,7 +1094,13 @@ impl Log {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
-        if self.st.borrow().closed || !self.finish_sealed_locked().await? {
+        if self.st.borrow().closed {
+            return Ok(());
+        }
+        // A segment already finished by someone else (the next roll, a close) still gets its
+        // snapshot here.
+        self.finish_sealed_locked().await?;
+        if self.st.borrow().closed {
             return Ok(());
         }
         self.persist(Kind::ProducerSnapshot).await
@@ -1581,8 +1588,10 @@ impl Log {
                 .retention_bytes
                 .map_or(0, |limit| self.size_bytes_of(&st).saturating_sub(limit));
             let mut by_size = 0usize;
+            // Only finished segments go: an unfinished one (the one the running roll sealed) may
+            // hold data not yet durable, and a start past it must not be.
             for s in st.segments.values() {
-                if s.size > excess || !s.sealed {
+                if s.size > excess || !s.sealed || s.unfinished {
                     break;
                 }
                 excess -= s.size;
@@ -1593,7 +1602,7 @@ impl Log {
                 let cutoff = now_ms.saturating_sub(age_ms);
                 st.segments
                     .values()
-                    .take_while(|s| s.sealed && newest_record_ms(s) < cutoff)
+                    .take_while(|s| s.sealed && !s.unfinished && newest_record_ms(s) < cutoff)
                     .count()
             });
             let n = by_size.max(by_age);
