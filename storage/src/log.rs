@@ -1021,9 +1021,9 @@ impl Log {
             let flushed = st.flushed;
             let sealed: Vec<(Rc<glommio::io::DmaFile>, PathBuf)> = st
                 .segments
-                .range(..)
-                .filter(|(_, s)| s.unfinished && end_offset_of(&st, s.base_offset) > flushed)
-                .map(|(_, s)| (s.file.clone(), s.log_path.clone()))
+                .values()
+                .filter(|s| s.unfinished && end_offset_of(&st, s.base_offset) > flushed)
+                .map(|s| (s.file.clone(), s.log_path.clone()))
                 .collect();
             let active = st.active_mut();
             let path = active.log_path.clone();
@@ -1109,12 +1109,12 @@ impl Log {
         self.persist(Kind::ProducerSnapshot).await
     }
 
-    /// Finishes every sealed segment that still has its appender: waits until its data is durable
-    /// (in a round shared with appends), trims its file to its data, syncs it and its indexes, and
-    /// then advances the recovery point past it. This is off the acknowledgement path, which a
-    /// crash before it completes cannot hurt: recovery keeps the segments after a sealed one whose
-    /// untrimmed tail follows complete batches (see `open`). Returns whether it finished any.
-    async fn finish_sealed(&self) -> Result<bool> {
+    /// Finishes every unfinished sealed segment: waits until its data is durable (in a round shared
+    /// with appends), trims its file to its data, syncs it and its indexes, and then advances the
+    /// recovery point past it. This is off the acknowledgement path, which a crash before it
+    /// completes cannot hurt: recovery keeps the segments after a sealed one whose untrimmed tail
+    /// follows complete batches (see `open`).
+    async fn finish_sealed(&self) -> Result<()> {
         let _permit = self
             .finish_lock
             .acquire_permit(1)
@@ -1124,7 +1124,7 @@ impl Log {
     }
 
     /// `finish_sealed` for a holder of `finish_lock`.
-    async fn finish_sealed_locked(&self) -> Result<bool> {
+    async fn finish_sealed_locked(&self) -> Result<()> {
         let mut finished = false;
         loop {
             let job = {
@@ -1169,7 +1169,7 @@ impl Log {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery point failed");
             }
         }
-        Ok(finished)
+        Ok(())
     }
 
     /// Trims a sealed segment whose data is durable and syncs the trim and its indexes.
@@ -1190,15 +1190,7 @@ impl Log {
             }
         };
         if let Some((index, time_index)) = handles {
-            let path = path.to_path_buf();
-            glommio::executor()
-                .spawn_blocking(move || {
-                    index
-                        .sync_all()
-                        .and_then(|_| time_index.sync_all())
-                        .ctx("syncing index", &path)
-                })
-                .await?;
+            sync_indexes_off_executor(index, time_index, path).await?;
         }
         if let Some(seg) = self.st.borrow_mut().segments.get_mut(&base) {
             seg.unfinished = false;
@@ -1723,15 +1715,7 @@ impl Log {
         };
         file.truncate(size).await.ctx("trimming segment", &path)?;
         file.fdatasync().await.ctx("fdatasync", &path)?;
-        let index_path = path.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                index
-                    .sync_all()
-                    .and_then(|_| time_index.sync_all())
-                    .ctx("syncing index", &index_path)
-            })
-            .await?;
+        sync_indexes_off_executor(index, time_index, &path).await?;
         for kind in [
             Kind::HighWatermark,
             Kind::LogStartOffset,
@@ -1949,7 +1933,6 @@ fn encode_epochs(epochs: &[EpochEntry]) -> Vec<u8> {
     payload
 }
 
-/// A sync of one segment, captured so no borrow is held while it runs.
 /// A disk read, captured so no borrow is held while it runs.
 struct DiskRead {
     file: Rc<glommio::io::DmaFile>,
@@ -2126,6 +2109,24 @@ async fn recover_segment(
         }
     }
     Ok(cut)
+}
+
+/// Syncs a segment's two index files on the blocking pool (an fsync waits for the disk, and the
+/// executor meanwhile serves every other partition of its shard).
+async fn sync_indexes_off_executor(
+    index: std::fs::File,
+    time_index: std::fs::File,
+    path: &Path,
+) -> Result<()> {
+    let path = path.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || {
+            index
+                .sync_all()
+                .and_then(|_| time_index.sync_all())
+                .ctx("syncing index", &path)
+        })
+        .await
 }
 
 fn spawn_interval_flusher(log: Weak<Log>, every: Duration) {
