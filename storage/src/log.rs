@@ -639,11 +639,7 @@ impl Log {
             bytes: mut batch,
             header,
         } = batch;
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.append_lock).await?;
         self.st.borrow().check_writable()?;
         if let Some(first) = self.duplicate_of(&header)? {
             // Stored before: answered as the first time, once it is as durable as then.
@@ -1092,20 +1088,13 @@ impl Log {
     /// what an unclean open reads to rebuild the producers (a shortcut only: without it the open
     /// reads from an older snapshot, with none the whole log).
     async fn after_roll(&self) -> Result<()> {
-        let _permit = self
-            .finish_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.finish_lock).await?;
         if self.st.borrow().closed {
             return Ok(());
         }
-        // A segment already finished by someone else (the next roll, a close) still gets its
-        // snapshot here.
+        // A segment already finished by someone else (the next roll) still gets its snapshot here.
+        // No close can begin meanwhile: it finishes sealed segments first, under `finish_lock`.
         self.finish_sealed_locked().await?;
-        if self.st.borrow().closed {
-            return Ok(());
-        }
         self.persist(Kind::ProducerSnapshot).await
     }
 
@@ -1115,11 +1104,7 @@ impl Log {
     /// completes cannot hurt: recovery keeps the segments after a sealed one whose untrimmed tail
     /// follows complete batches (see `open`).
     async fn finish_sealed(&self) -> Result<()> {
-        let _permit = self
-            .finish_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.finish_lock).await?;
         self.finish_sealed_locked().await
     }
 
@@ -1304,11 +1289,7 @@ impl Log {
     /// rebuild the kept segment's metadata. An error after the first destructive step fails the log
     /// (reopening recovers it).
     pub async fn truncate_suffix(&self, offset: u64) -> Result<()> {
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.append_lock).await?;
         self.st.borrow().check_writable()?;
         // Every write must have landed before bytes are cut from under it.
         self.flush_and_quiesce().await?;
@@ -1542,11 +1523,7 @@ impl Log {
     /// Moves the log start up to `offset` (clamped to the log end) and deletes the segments wholly
     /// below it. The active segment is never deleted. Returns the number of segments deleted.
     pub async fn delete_before(&self, offset: u64) -> Result<usize> {
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.append_lock).await?;
         let new_start = {
             let st = self.st.borrow();
             offset.max(st.log_start).min(st.log_end)
@@ -1561,11 +1538,7 @@ impl Log {
     /// Applies `retention_bytes` and `retention_ms` (measured against `now`), deleting whole sealed
     /// segments from the oldest. Returns the number deleted. Every roll also does this.
     pub async fn enforce_retention(&self, now: SystemTime) -> Result<usize> {
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.append_lock).await?;
         // Only finished segments are deleted: finish the sealed ones first.
         self.finish_sealed().await?;
         self.apply_retention(now).await
@@ -1683,11 +1656,7 @@ impl Log {
     /// Flushes, finishes every segment (trim, index sync), writes every checkpoint and marks the stop
     /// as clean, so the next open needs no scan. Further calls fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.append_lock).await?;
         self.st.borrow().check_writable()?;
         self.flush_and_quiesce().await?;
         let (file, path, size, index, time_index, clean) = {
@@ -1743,11 +1712,7 @@ impl Log {
     /// Writes the checkpoint of `kind` from the state as it is once the checkpoint lock is held, so
     /// an older value can never overwrite a newer one.
     async fn persist(&self, kind: Kind) -> Result<()> {
-        let _permit = self
-            .checkpoint_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.checkpoint_lock).await?;
         let payload = {
             let st = self.st.borrow();
             match kind {
@@ -1766,11 +1731,7 @@ impl Log {
 
     /// Writes a checkpoint whose payload the caller built (serialized with `persist`).
     async fn write_checkpoint(&self, kind: Kind, payload: Vec<u8>) -> Result<()> {
-        let _permit = self
-            .checkpoint_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _permit = lock(&self.checkpoint_lock).await?;
         self.write_file(kind, payload).await
     }
 
@@ -2109,6 +2070,13 @@ async fn recover_segment(
         }
     }
     Ok(cut)
+}
+
+/// Takes `lock`'s one permit; a closed lock means the log is closed.
+async fn lock(lock: &Semaphore) -> Result<glommio::sync::Permit<'_>> {
+    lock.acquire_permit(1)
+        .await
+        .map_err(|_| StorageError::Closed)
 }
 
 /// Syncs a segment's two index files on the blocking pool (an fsync waits for the disk, and the
