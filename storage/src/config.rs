@@ -112,14 +112,15 @@ impl LogConfig {
 
     /// Upper bound of the memory one open log holds, in bytes: the batch cache (which also holds every
     /// batch not yet written to disk), the write buffers in flight plus the one being filled, one
-    /// batch in transit, the two mapped index files of the active segment, and the idempotent
-    /// producers' state (a fixed number of producers). Sealed segments' index maps are file-backed,
-    /// read-only and reclaimable by the kernel, so they are not counted.
+    /// batch in transit, the in-memory indexes of the active segment and of the one sealed segment
+    /// that may still wait for its finish, and the idempotent producers' state (a fixed number of
+    /// producers). Finished segments' indexes are file-backed read-only maps, reclaimable by the
+    /// kernel, so they are not counted.
     pub fn memory_bound_bytes(&self) -> u64 {
         let unwritten = (self.max_writes_in_flight as u64 + 1) * self.write_buffer_bytes as u64
             + self.max_batch_bytes as u64;
         let cache = (self.batch_cache_bytes as u64).max(unwritten);
-        let index = self.index_max_bytes as u64 / 8 * 20;
+        let index = 2 * (self.index_max_bytes as u64 / 8 * 20);
         cache + unwritten + index + crate::producers::MEMORY_BOUND_BYTES
     }
 }

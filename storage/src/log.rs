@@ -41,6 +41,7 @@ use crate::batch_cache::{BatchCache, CachedBatch};
 use crate::checkpoint::{self, Kind};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{IoContext, Result, StorageError};
+use crate::index::IndexWrite;
 use crate::producers::{self, Producers, Verdict};
 use crate::recovery::scan_batches;
 use crate::segment::{self, BatchMeta, Segment};
@@ -896,10 +897,7 @@ impl Log {
             let active = st.active_mut();
             active.appender = None;
             active.unfinished = true;
-            if let Err(e) = active.seal() {
-                st.failed.get_or_insert_with(|| e.to_string());
-                return Err(e);
-            }
+            active.seal();
             st.segments.insert(new_base, seg);
             st.rolls += 1;
             new_files.base = None;
@@ -1167,17 +1165,15 @@ impl Log {
     ) -> Result<()> {
         file.truncate(size).await.ctx("trimming segment", path)?;
         file.fdatasync().await.ctx("fdatasync", path)?;
-        let handles = {
-            let st = self.st.borrow();
-            match st.segments.get(&base) {
-                Some(seg) => Some((seg.index.sync_handle()?, seg.time_index.sync_handle()?)),
-                None => None,
-            }
+        let writes = match self.st.borrow().segments.get(&base) {
+            Some(seg) => Some(seg.index_writes()?),
+            None => None,
         };
-        if let Some((index, time_index)) = handles {
-            sync_indexes_off_executor(index, time_index, path).await?;
+        if let Some(writes) = writes {
+            write_indexes_off_executor(writes).await?;
         }
         if let Some(seg) = self.st.borrow_mut().segments.get_mut(&base) {
+            seg.indexes_written()?;
             seg.unfinished = false;
             seg.allocated = size;
         }
@@ -1659,14 +1655,12 @@ impl Log {
         let _permit = lock(&self.append_lock).await?;
         self.st.borrow().check_writable()?;
         self.flush_and_quiesce().await?;
-        let (file, path, size, index, time_index, clean) = {
+        let (file, path, size, index_writes, clean) = {
             let mut st = self.st.borrow_mut();
             st.closed = true;
             let log_end = st.log_end;
             let active = st.active_mut();
-            active.push_final_time_entry();
-            active.index.seal()?;
-            active.time_index.seal()?;
+            active.seal();
             active.appender = None;
             let clean = CleanShutdown {
                 log_end,
@@ -1677,14 +1671,13 @@ impl Log {
                 active.file.clone(),
                 active.log_path.clone(),
                 active.size,
-                active.index.sync_handle()?,
-                active.time_index.sync_handle()?,
+                active.index_writes()?,
                 clean,
             )
         };
         file.truncate(size).await.ctx("trimming segment", &path)?;
         file.fdatasync().await.ctx("fdatasync", &path)?;
-        sync_indexes_off_executor(index, time_index, &path).await?;
+        write_indexes_off_executor(index_writes).await?;
         for kind in [
             Kind::HighWatermark,
             Kind::LogStartOffset,
@@ -2062,12 +2055,13 @@ async fn recover_segment(
     }
     seg.allocated = end.valid_upto;
     if was_sealed {
-        seg.seal()?;
+        seg.seal();
         // The rebuilt indexes must be durable before a recovery point can make them trusted. This
         // blocks the executor briefly, once per rebuilt segment, at open.
-        for handle in [seg.index.sync_handle()?, seg.time_index.sync_handle()?] {
-            handle.sync_all().ctx("syncing index", &path)?;
+        for write in seg.index_writes()? {
+            write.run()?;
         }
+        seg.indexes_written()?;
     }
     Ok(cut)
 }
@@ -2079,21 +2073,11 @@ async fn lock(lock: &Semaphore) -> Result<glommio::sync::Permit<'_>> {
         .map_err(|_| StorageError::Closed)
 }
 
-/// Syncs a segment's two index files on the blocking pool (an fsync waits for the disk, and the
-/// executor meanwhile serves every other partition of its shard).
-async fn sync_indexes_off_executor(
-    index: std::fs::File,
-    time_index: std::fs::File,
-    path: &Path,
-) -> Result<()> {
-    let path = path.to_path_buf();
+/// Writes and syncs a segment's two index files on the blocking pool (an fsync waits for the disk,
+/// and the executor meanwhile serves every other partition of its shard).
+async fn write_indexes_off_executor(writes: [IndexWrite; 2]) -> Result<()> {
     glommio::executor()
-        .spawn_blocking(move || {
-            index
-                .sync_all()
-                .and_then(|_| time_index.sync_all())
-                .ctx("syncing index", &path)
-        })
+        .spawn_blocking(move || writes.into_iter().try_for_each(IndexWrite::run))
         .await
 }
 

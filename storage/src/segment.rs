@@ -18,7 +18,7 @@ use mlog_wire::batch::{BatchHeader, HEADER_LEN};
 
 use crate::appender::Appender;
 use crate::error::{IoContext, Result};
-use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use crate::index::{IndexWrite, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 
 /// The suffixes of a segment's files.
 pub(crate) const LOG_SUFFIX: &str = "log";
@@ -190,13 +190,24 @@ impl Segment {
         }
     }
 
-    /// Trims the indexes; the appender (if any) stays until its writes are synced.
-    pub(crate) fn seal(&mut self) -> Result<()> {
+    /// Freezes the indexes (written to their files when the segment is finished); the appender (if
+    /// any) stays until its writes are synced.
+    pub(crate) fn seal(&mut self) {
         self.push_final_time_entry();
-        self.index.seal()?;
-        self.time_index.seal()?;
+        self.index.seal();
+        self.time_index.seal();
         self.sealed = true;
-        Ok(())
+    }
+
+    /// The work that writes and syncs both indexes (see `IndexWrite`); `indexes_written` after it.
+    pub(crate) fn index_writes(&self) -> Result<[IndexWrite; 2]> {
+        Ok([self.index.write_job()?, self.time_index.write_job()?])
+    }
+
+    /// Both indexes are in their files: they are mapped from there, and their memory is freed.
+    pub(crate) fn indexes_written(&mut self) -> Result<()> {
+        self.index.written()?;
+        self.time_index.written()
     }
 
     /// Last readable byte position: data below it is in the file.

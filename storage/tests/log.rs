@@ -801,6 +801,63 @@ fn cancelled_appends_leave_the_log_usable() {
     });
 }
 
+/// The active segment's index entries stay in memory (stores into a file mapping can stall the
+/// executor); a segment's finish, or the close, writes them. Every entry then points at the start of
+/// the batch it names.
+#[test]
+fn index_files_are_written_when_segments_are_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = |suffix: &str| files_with_suffix(dir.path(), suffix);
+    run(|| async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        // 4 KiB batches, 16 per segment: three full segments and four batches in the active one.
+        append_fixed(&log, 52).await;
+        assert_eq!(log.segment_bases().len(), 4);
+        let active = *log.segment_bases().last().unwrap();
+        let active_index = dir.path().join(format!("{active:020}.index"));
+        assert_eq!(std::fs::metadata(&active_index).unwrap().len(), 0);
+        log.close().await.unwrap();
+    });
+    let (indexes, time_indexes) = (files("index"), files("timeindex"));
+    assert_eq!(indexes.len(), 4);
+    assert_eq!(time_indexes.len(), 4);
+    for path in time_indexes {
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            len > 0 && len % 12 == 0,
+            "{} is {len} bytes",
+            path.display()
+        );
+    }
+    for path in indexes {
+        let base: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        let data = std::fs::read(path.with_extension("log")).unwrap();
+        let mut starts = std::collections::HashMap::new();
+        let mut position = 0;
+        for (offset, bytes) in split_batches(&data) {
+            starts.insert(position as u32, offset);
+            position += bytes.len();
+        }
+        let entries = std::fs::read(&path).unwrap();
+        assert!(
+            !entries.is_empty() && entries.len() % 8 == 0,
+            "{} is {} bytes",
+            path.display(),
+            entries.len()
+        );
+        for e in entries.chunks(8) {
+            let relative = u32::from_be_bytes(e[..4].try_into().unwrap()) as u64;
+            let at = u32::from_be_bytes(e[4..].try_into().unwrap());
+            assert_eq!(
+                starts.get(&at),
+                Some(&(base + relative)),
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn close_right_after_a_roll_finishes_every_segment() {
     let dir = tempfile::tempdir().unwrap();
