@@ -818,3 +818,26 @@ async fn serve(listener: TcpListener, shard: Rc<Shard>) {
     }
     tracing::info!(shard = shard.id(), "shard stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    /// The slice a shard asks for is the one the kernel applies (where the kernel reports it: EEVDF
+    /// kernels show `se.slice` in `/proc/thread-self/sched`).
+    #[test]
+    fn a_shard_thread_gets_the_time_slice_it_asks_for() {
+        std::thread::spawn(|| {
+            super::request_time_slice(300).expect("sched_setattr");
+            let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
+            let slice = sched
+                .lines()
+                .find(|l| l.starts_with("se.slice"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string());
+            if let Some(ns) = slice {
+                assert_eq!(ns, "300000");
+            }
+        })
+        .join()
+        .expect("thread");
+    }
+}
