@@ -2178,7 +2178,15 @@ fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<PathBuf>)> {
         };
         match log_file_name(name) {
             Some(LogFileName::Temp) => {
-                std::fs::remove_file(&path).ctx("removing temp file", &path)?;
+                // Already gone is as good as removed: a checkpoint write still finishing on a
+                // thread of an instance that stopped uncleanly (as crash tests stop one, by dropping
+                // its executor) renamed it after the listing.
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).ctx("removing temp file", &path);
+                    }
+                    _ => {}
+                }
             }
             Some(LogFileName::Checkpoint) => {}
             Some(LogFileName::Segment(base, segment::LOG_SUFFIX)) if path.is_file() => {
