@@ -187,6 +187,7 @@ impl IndexFile {
             _ => Ok(()),
         }
     }
+
     /// Binary search: the last entry `i` with `key(i) <= target`, if any.
     fn last_at_or_below<K: Ord>(&self, target: K, key: impl Fn(&[u8]) -> K) -> Option<usize> {
         let (mut lo, mut hi) = (0, self.count());
