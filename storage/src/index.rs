@@ -124,8 +124,11 @@ impl IndexFile {
     /// entries fill it.
     fn make_writable(&mut self) -> Result<()> {
         let have = match std::mem::replace(&mut self.entries, Entries::Mapped(None)) {
+            Entries::Growing(v) => {
+                self.entries = Entries::Growing(v);
+                return Ok(());
+            }
             Entries::Sealed(v) => Arc::unwrap_or_clone(v),
-            Entries::Growing(v) => v,
             Entries::Mapped(_) => {
                 let len = self
                     .file
