@@ -1155,7 +1155,8 @@ impl Log {
         Ok(())
     }
 
-    /// Trims a sealed segment whose data is durable and syncs the trim and its indexes.
+    /// Trims a sealed segment whose data is durable, syncs the trim, and writes and syncs its indexes
+    /// (also the active segment's at close).
     async fn finish_segment(
         &self,
         base: u64,
@@ -1655,7 +1656,7 @@ impl Log {
         let _permit = lock(&self.append_lock).await?;
         self.st.borrow().check_writable()?;
         self.flush_and_quiesce().await?;
-        let (file, path, size, index_writes, clean) = {
+        let (file, path, clean) = {
             let mut st = self.st.borrow_mut();
             st.closed = true;
             let log_end = st.log_end;
@@ -1667,17 +1668,10 @@ impl Log {
                 active_base: active.base_offset,
                 active_size: active.size,
             };
-            (
-                active.file.clone(),
-                active.log_path.clone(),
-                active.size,
-                active.index_writes()?,
-                clean,
-            )
+            (active.file.clone(), active.log_path.clone(), clean)
         };
-        file.truncate(size).await.ctx("trimming segment", &path)?;
-        file.fdatasync().await.ctx("fdatasync", &path)?;
-        write_indexes_off_executor(index_writes).await?;
+        self.finish_segment(clean.active_base, &file, &path, clean.active_size)
+            .await?;
         for kind in [
             Kind::HighWatermark,
             Kind::LogStartOffset,

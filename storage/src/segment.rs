@@ -7,7 +7,7 @@
 //!   one's last offset + 1, and `next_offset` is one past the last;
 //! * only the active segment has an `Appender`; a sealed segment's writes have all landed;
 //! * a sealed segment is `unfinished` until its data is synced, its file trimmed to exactly `size`
-//!   bytes and its indexes synced (`Log::finish_sealed`); a finished one is never written again.
+//!   bytes and its indexes written and synced (`Log::finish_sealed`); a finished one is never written again.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -67,7 +67,7 @@ pub(crate) struct Segment {
     pub time_index: TimeIndex,
     /// Present while active.
     pub appender: Option<Appender>,
-    /// No more appends; the indexes are trimmed.
+    /// No more appends; the indexes are frozen.
     pub sealed: bool,
     /// Sealed, but not yet trimmed and synced with its indexes.
     pub unfinished: bool,
@@ -190,8 +190,7 @@ impl Segment {
         }
     }
 
-    /// Freezes the indexes (written to their files when the segment is finished); the appender (if
-    /// any) stays until its writes are synced.
+    /// Freezes the indexes; they are written to their files when the segment is finished.
     pub(crate) fn seal(&mut self) {
         self.push_final_time_entry();
         self.index.seal();
