@@ -10,8 +10,15 @@
 //! so a crash in between only delays them), so that a topic created again under the same name
 //! starts with no committed offsets, as in Kafka.
 //!
-//! Not yet done: compaction. The internal topic keeps every commit (retention is off for it), so it
-//! grows with the number of commits.
+//!
+//! Compaction keeps the partition's size bounded by the table's, not by the number of commits
+//! (retention is off for the internal topic, since a group's offsets must outlive any age limit).
+//! Once the log holds a sealed segment, and at least as many records were appended since the last
+//! compaction as the table has entries (so compaction at most doubles the writes), the owner
+//! appends the whole table (`snapshot`), syncs it, and moves the log start to where the snapshot
+//! began, which deletes every whole segment before it. It runs under the partition's commit lock,
+//! so the table is exactly what replaying the log gives: a crash at any step replays to the same
+//! table (an old prefix plus part of a snapshot of it, or the whole snapshot alone).
 
 use std::collections::HashMap;
 
@@ -26,12 +33,19 @@ pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Its partition count (fixed: changing it would move groups).
 pub(crate) const OFFSETS_PARTITIONS: u32 = 16;
 
-/// The internal topic's configuration: keep everything, sync every commit.
+/// The internal topic's configuration: no retention (compaction bounds it), sync every commit, and
+/// segments small enough that compaction frees space early (Kafka's offsets topic uses 100 MiB).
 pub(crate) fn offsets_topic_configs() -> Vec<ConfigEntry> {
-    vec![ConfigEntry {
-        key: "retention.ms".into(),
-        value: "-1".into(),
-    }]
+    vec![
+        ConfigEntry {
+            key: "retention.ms".into(),
+            value: "-1".into(),
+        },
+        ConfigEntry {
+            key: "segment.bytes".into(),
+            value: (16 << 20).to_string(),
+        },
+    ]
 }
 
 /// The internal partition that holds `group`'s offsets.
@@ -67,9 +81,10 @@ pub(crate) type Commit = (String, u32, i64, String);
 /// One stored offset's key: `(group, topic, partition)`.
 pub(crate) type OffsetEntry = (String, String, u32);
 
-/// Tombstones per batch: keys are at most ~500 bytes (names of 249 bytes), so a batch stays far
-/// below the internal topic's 1 MiB batch limit.
-const TOMBSTONES_PER_BATCH: usize = 1000;
+/// A batch of tombstones or of a snapshot closes once it holds this many bytes, far below the
+/// internal topic's 1 MiB batch limit (a single larger entry gets a batch of its own: it fitted in
+/// one when it was committed).
+const BATCH_BUDGET_BYTES: usize = 256 << 10;
 
 /// One group's stored positions: `(topic, partition) -> (offset, metadata)`.
 type Positions = HashMap<(String, u32), (i64, String)>;
@@ -78,12 +93,17 @@ type Positions = HashMap<(String, u32), (i64, String)>;
 #[derive(Default)]
 pub(crate) struct GroupOffsets {
     offsets: HashMap<String, Positions>,
+    /// Where the last compaction's snapshot ended in the log (the log start when replayed).
+    pub(crate) compacted_upto: u64,
 }
 
 impl GroupOffsets {
     /// Rebuilds the table from the partition's log.
     pub(crate) async fn replay(log: &Log) -> Result<GroupOffsets, String> {
-        let mut table = GroupOffsets::default();
+        let mut table = GroupOffsets {
+            compacted_upto: log.log_start_offset(),
+            ..GroupOffsets::default()
+        };
         let mut offset = log.log_start_offset();
         while offset < log.log_end_offset() {
             let read = log.read(offset, 1 << 20).await.map_err(|e| e.to_string())?;
@@ -91,31 +111,34 @@ impl GroupOffsets {
                 break;
             }
             for chunk in &read.chunks {
-                let mut rest: &[u8] = chunk;
-                while !rest.is_empty() {
-                    let batch = RecordBatch::parse(rest).map_err(|e| e.to_string())?;
-                    // Only the broker writes this topic; a batch it cannot read is skipped, not
-                    // allowed to keep every group of the partition from loading.
-                    match batch.records() {
-                        Ok(records) => {
-                            for record in records.flatten() {
-                                match (record.key, record.value) {
-                                    (Some(k), Some(v)) => table.apply_record(k, v),
-                                    (Some(k), None) => table.apply_tombstone(k),
-                                    _ => {}
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "skipping an unreadable offsets batch")
-                        }
-                    }
-                    rest = &rest[batch.total_len()..];
-                }
+                table.apply_batches(chunk)?;
             }
             offset = read.next_offset;
         }
         Ok(table)
+    }
+
+    /// Applies the records of consecutive whole batches, in order.
+    fn apply_batches(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+        while !bytes.is_empty() {
+            let batch = RecordBatch::parse(bytes).map_err(|e| e.to_string())?;
+            // Only the broker writes this topic; a batch it cannot read is skipped, not allowed to
+            // keep every group of the partition from loading.
+            match batch.records() {
+                Ok(records) => {
+                    for record in records.flatten() {
+                        match (record.key, record.value) {
+                            (Some(k), Some(v)) => self.apply_record(k, v),
+                            (Some(k), None) => self.apply_tombstone(k),
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable offsets batch"),
+            }
+            bytes = &bytes[batch.total_len()..];
+        }
+        Ok(())
     }
 
     fn apply_record(&mut self, key: &[u8], value: &[u8]) {
@@ -165,58 +188,46 @@ impl GroupOffsets {
         }
     }
 
-    /// The record batches that remove `entries` (tombstones: the key, no value), a bounded number
-    /// per batch.
+    /// The record batches that remove `entries` (tombstones: the key, no value).
     pub(crate) fn tombstones(entries: &[OffsetEntry]) -> Result<Vec<BytesMut>, ErrorCode> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        entries
-            .chunks(TOMBSTONES_PER_BATCH)
-            .map(|chunk| {
-                let mut builder = RecordBatchBuilder::new();
-                for (group, topic, partition) in chunk {
-                    let key = encode(&OffsetKey {
-                        group: group.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                    });
-                    builder
-                        .push(NewRecord::new(now, Some(&key), None))
-                        .map_err(|_| ErrorCode::MessageTooLarge)?;
-                }
-                builder
-                    .build()
-                    .map(|b| BytesMut::from(&b[..]))
-                    .map_err(|_| ErrorCode::MessageTooLarge)
-            })
-            .collect()
+        record_batches(
+            entries
+                .iter()
+                .map(|(group, topic, partition)| (key(group, topic, *partition), None)),
+            BATCH_BUDGET_BYTES,
+        )
     }
 
     /// The record batch that stores `commits` of `group`.
     pub(crate) fn batch(group: &str, commits: &[Commit]) -> Result<BytesMut, ErrorCode> {
-        let mut builder = RecordBatchBuilder::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        for (topic, partition, offset, metadata) in commits {
-            let key = encode(&OffsetKey {
-                group: group.to_string(),
-                topic: topic.clone(),
-                partition: *partition,
-            });
-            let value = encode(&OffsetValue {
-                offset: *offset,
-                metadata: metadata.clone(),
-            });
-            builder
-                .push(NewRecord::new(now, Some(&key), Some(&value)))
-                .map_err(|_| ErrorCode::MessageTooLarge)?;
-        }
-        builder
-            .build()
-            .map(|b| BytesMut::from(&b[..]))
-            .map_err(|_| ErrorCode::MessageTooLarge)
+        let records = commits.iter().map(|(topic, partition, offset, metadata)| {
+            (
+                key(group, topic, *partition),
+                Some(value(*offset, metadata)),
+            )
+        });
+        let mut batches = record_batches(records, usize::MAX)?;
+        batches.pop().ok_or(ErrorCode::InvalidRequest)
+    }
+
+    /// Record batches holding every stored entry: replayed alone, they rebuild this table.
+    pub(crate) fn snapshot(&self) -> Result<Vec<BytesMut>, ErrorCode> {
+        let records = self.offsets.iter().flat_map(|(group, positions)| {
+            positions
+                .iter()
+                .map(|((topic, partition), (offset, metadata))| {
+                    (
+                        key(group, topic, *partition),
+                        Some(value(*offset, metadata)),
+                    )
+                })
+        });
+        record_batches(records, BATCH_BUDGET_BYTES)
+    }
+
+    /// Entries stored, over all groups.
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.values().map(HashMap::len).sum()
     }
 
     /// Applies commits that are durable in the log.
@@ -260,6 +271,52 @@ impl GroupOffsets {
     }
 }
 
+fn key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+    encode(&OffsetKey {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        partition,
+    })
+}
+
+fn value(offset: i64, metadata: &str) -> Vec<u8> {
+    encode(&OffsetValue {
+        offset,
+        metadata: metadata.to_string(),
+    })
+}
+
+/// Builds `(key, value)` records (no value: a tombstone) into batches, closing each once it holds
+/// `budget` bytes or more.
+fn record_batches(
+    records: impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    budget: usize,
+) -> Result<Vec<BytesMut>, ErrorCode> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let build = |builder: RecordBatchBuilder| {
+        builder
+            .build()
+            .map(|b| BytesMut::from(&b[..]))
+            .map_err(|_| ErrorCode::MessageTooLarge)
+    };
+    let mut batches = Vec::new();
+    let mut builder = RecordBatchBuilder::new();
+    for (key, value) in records {
+        builder
+            .push(NewRecord::new(now, Some(&key), value.as_deref()))
+            .map_err(|_| ErrorCode::MessageTooLarge)?;
+        if builder.encoded_len() >= budget {
+            batches.push(build(std::mem::take(&mut builder))?);
+        }
+    }
+    if !builder.is_empty() {
+        batches.push(build(builder)?);
+    }
+    Ok(batches)
+}
+
 fn encode<'a>(v: &impl Wire<'a>) -> Vec<u8> {
     let mut b = BytesMut::new();
     v.encode(&mut b);
@@ -271,4 +328,99 @@ fn decode<'a, T: Wire<'a>>(bytes: &'a [u8]) -> Result<T, mlog_wire::protocol::De
     let v = T::decode(&mut r, "offset record")?;
     r.finish("offset record")?;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Everything a table stores, sorted.
+    fn contents(table: &GroupOffsets) -> Vec<(String, Commit)> {
+        let mut all: Vec<(String, Commit)> = table
+            .offsets
+            .keys()
+            .flat_map(|g| table.fetch(g, None).into_iter().map(|c| (g.clone(), c)))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// A table's changes, as the log records them: commits, and tombstones of whole topics.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Commit(String, Vec<Commit>),
+        ForgetTopic(String),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let name = prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from);
+        let commit = (name.clone(), 0u32..4, any::<i64>(), ".{0,300}");
+        prop_oneof![
+            4 => (name.clone(), prop::collection::vec(commit, 1..6)).prop_map(|(g, c)| {
+                Change::Commit(g, c)
+            }),
+            1 => name.prop_map(Change::ForgetTopic),
+        ]
+    }
+
+    proptest! {
+        /// Compaction's premise: a snapshot replayed alone, or after the records it summarizes
+        /// (a crash before the log start moved), rebuilds exactly the table it was taken from.
+        #[test]
+        fn a_snapshot_replays_to_the_table_it_was_taken_from(
+            changes in prop::collection::vec(change(), 0..40)
+        ) {
+            let mut table = GroupOffsets::default();
+            let mut log: Vec<BytesMut> = Vec::new();
+            for c in changes {
+                match c {
+                    Change::Commit(group, commits) => {
+                        log.push(GroupOffsets::batch(&group, &commits).unwrap());
+                        table.apply(&group, commits);
+                    }
+                    Change::ForgetTopic(topic) => {
+                        let entries = table.of_missing_topics(|t| t != topic);
+                        log.extend(GroupOffsets::tombstones(&entries).unwrap());
+                        table.remove(&entries);
+                    }
+                }
+            }
+            // The table is what its records replay to.
+            let mut replayed = GroupOffsets::default();
+            for b in &log {
+                replayed.apply_batches(b).unwrap();
+            }
+            prop_assert_eq!(contents(&replayed), contents(&table));
+            let snapshot = table.snapshot().unwrap();
+            let mut alone = GroupOffsets::default();
+            for b in &snapshot {
+                alone.apply_batches(b).unwrap();
+            }
+            prop_assert_eq!(contents(&alone), contents(&table));
+            prop_assert_eq!(alone.len(), table.len());
+            for b in &snapshot {
+                replayed.apply_batches(b).unwrap();
+            }
+            prop_assert_eq!(contents(&replayed), contents(&table));
+        }
+    }
+
+    #[test]
+    fn a_large_snapshot_is_split_into_batches_the_log_accepts() {
+        let mut table = GroupOffsets::default();
+        let commits: Vec<Commit> = (0..300)
+            .map(|p| ("t".to_string(), p, i64::from(p), "m".repeat(2048)))
+            .collect();
+        table.apply("g", commits);
+        let snapshot = table.snapshot().unwrap();
+        assert!(snapshot.len() >= 3, "{} batches", snapshot.len());
+        let mut alone = GroupOffsets::default();
+        for b in &snapshot {
+            assert!(b.len() < BATCH_BUDGET_BYTES + 4096, "{}", b.len());
+            alone.apply_batches(b).unwrap();
+        }
+        assert_eq!(contents(&alone), contents(&table));
+    }
 }

@@ -314,7 +314,45 @@ impl Partition {
             return storage_error_code(&e);
         }
         groups.borrow_mut().apply(group, commits);
+        // The commit is durable and answered as such whatever compaction does: a failed one leaves
+        // a log that still replays to the table (see `group_offsets`).
+        if let Err(e) = self.compact_offsets(groups).await {
+            tracing::warn!(error = %e, "compacting the group offsets failed");
+        }
         ErrorCode::None
+    }
+
+    /// (Internal offsets partitions, under `commit_lock`) Compacts the log when due, as
+    /// `group_offsets` describes: once it holds a sealed segment and at least as many records came
+    /// since the last compaction as the table has entries. The commit that makes it due waits for
+    /// it: one write of the table, once per segment of commits at most.
+    async fn compact_offsets(&self, groups: &RefCell<GroupOffsets>) -> Result<(), String> {
+        let from = self.log.log_end_offset();
+        let snapshot = {
+            let table = groups.borrow();
+            let since = from.saturating_sub(table.compacted_upto);
+            if self.log.segment_bases().len() < 2 || since < table.len() as u64 {
+                return Ok(());
+            }
+            table.snapshot().map_err(|code| code.to_string())?
+        };
+        for batch in snapshot {
+            self.log.append(batch).await.map_err(|e| e.to_string())?;
+        }
+        self.log.flush().await.map_err(|e| e.to_string())?;
+        let deleted = self
+            .log
+            .delete_before(from)
+            .await
+            .map_err(|e| e.to_string())?;
+        groups.borrow_mut().compacted_upto = self.log.log_end_offset();
+        tracing::info!(
+            entries = groups.borrow().len(),
+            segments_deleted = deleted,
+            log_start = from,
+            "compacted the group offsets"
+        );
+        Ok(())
     }
 
     /// (Partitions of the internal offsets topic) Removes the committed offsets of topics for which
@@ -451,6 +489,92 @@ mod tests {
                 "{waited:?}"
             );
             partition.log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn offsets_compaction_bounds_the_log_and_keeps_every_stored_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = LocalExecutorBuilder::new(Placement::Unbound)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let config = LogConfig {
+                segment_bytes: 1 << 20,
+                preallocate_bytes: 1 << 20,
+                flush: FlushPolicy::Never,
+                ..LogConfig::default()
+            };
+            let open = || async {
+                let log = Log::open(dir.path(), config.clone()).await.unwrap();
+                let groups = GroupOffsets::replay(&log).await.unwrap();
+                Partition {
+                    log,
+                    sync_on_ack: true,
+                    appended: Event::new(),
+                    groups: Some(RefCell::new(groups)),
+                    commit_lock: Semaphore::new(1),
+                    produce_lock: Semaphore::new(1),
+                    appending_from: Cell::new(None),
+                }
+            };
+            let stored =
+                |p: &Partition| ["idle", "busy"].map(|g| p.fetch_offsets(g, None).unwrap());
+            let exists = |_: &str| true;
+            let partition = open().await;
+            // Stored once, at the start: only a compaction's snapshot can keep it once its
+            // segment goes. And offsets of a deleted topic, removed by tombstones.
+            let idle = vec![("t".to_string(), 7, 70, "kept".to_string())];
+            assert_eq!(
+                partition.commit_offsets("idle", idle, exists).await,
+                ErrorCode::None
+            );
+            let gone = vec![("gone".to_string(), 0, 5, String::new())];
+            assert_eq!(
+                partition.commit_offsets("busy", gone, exists).await,
+                ErrorCode::None
+            );
+            assert_eq!(
+                partition.forget_deleted_topics(|t| t != "gone").await,
+                Ok(1)
+            );
+            // 200 commits of 20 offsets with 2 KiB of metadata each: ~8 MiB, 8 segments' worth.
+            for round in 0..200i64 {
+                let commits = (0..20)
+                    .map(|p| {
+                        (
+                            "t".to_string(),
+                            p,
+                            round,
+                            format!("{round}{}", "m".repeat(2048)),
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    partition.commit_offsets("busy", commits, exists).await,
+                    ErrorCode::None
+                );
+            }
+            let log = &partition.log;
+            assert!(log.log_start_offset() > 0, "no compaction ran");
+            // Without compaction the log would hold all ~8 MiB; with it, at most two segments plus
+            // a snapshot.
+            assert!(log.size_bytes() < 3 << 20, "{} bytes", log.size_bytes());
+            let expected = stored(&partition);
+            assert_eq!(
+                expected[0],
+                vec![("t".to_string(), 7, 70, "kept".to_string())]
+            );
+            assert_eq!(expected[1].len(), 20);
+            assert!(expected[1]
+                .iter()
+                .all(|(t, _, o, m)| t == "t" && *o == 199 && m.starts_with("199m")));
+            // What is stored is what the log replays to, also after a reopen.
+            partition.log.close().await.unwrap();
+            drop(partition);
+            let reopened = open().await;
+            assert_eq!(stored(&reopened), expected);
+            reopened.log.close().await.unwrap();
         });
     }
 }
