@@ -433,6 +433,31 @@ mod tests {
 
     use super::*;
 
+    /// A partition (not synced on ack) on a log in `dir` with 1 MiB segments; with `groups`, one of
+    /// the offsets topic, its table replayed from the log.
+    async fn test_partition(dir: &std::path::Path, groups: bool) -> Partition {
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            preallocate_bytes: 1 << 20,
+            flush: FlushPolicy::Never,
+            ..LogConfig::default()
+        };
+        let log = Log::open(dir, config).await.unwrap();
+        let groups = match groups {
+            true => Some(RefCell::new(GroupOffsets::replay(&log).await.unwrap())),
+            false => None,
+        };
+        Partition {
+            log,
+            sync_on_ack: false,
+            appended: Event::new(),
+            groups,
+            commit_lock: Semaphore::new(1),
+            produce_lock: Semaphore::new(1),
+            appending_from: Cell::new(None),
+        }
+    }
+
     #[test]
     fn a_wait_returns_at_once_for_data_that_arrived_before_it_began() {
         let dir = tempfile::tempdir().unwrap();
@@ -440,21 +465,7 @@ mod tests {
             .make()
             .unwrap();
         ex.run(async {
-            let config = LogConfig {
-                segment_bytes: 1 << 20,
-                preallocate_bytes: 1 << 20,
-                flush: FlushPolicy::Never,
-                ..LogConfig::default()
-            };
-            let partition = Rc::new(Partition {
-                log: Log::open(dir.path(), config).await.unwrap(),
-                sync_on_ack: false,
-                appended: Event::new(),
-                groups: None,
-                commit_lock: Semaphore::new(1),
-                produce_lock: Semaphore::new(1),
-                appending_from: Cell::new(None),
-            });
+            let partition = Rc::new(test_partition(dir.path(), false).await);
             let mut batch = RecordBatchBuilder::new();
             batch.push(NewRecord::new(0, None, Some(b"v"))).unwrap();
             let records = BytesMut::from(&batch.build().unwrap()[..]);
@@ -499,25 +510,7 @@ mod tests {
             .make()
             .unwrap();
         ex.run(async {
-            let config = LogConfig {
-                segment_bytes: 1 << 20,
-                preallocate_bytes: 1 << 20,
-                flush: FlushPolicy::Never,
-                ..LogConfig::default()
-            };
-            let open = || async {
-                let log = Log::open(dir.path(), config.clone()).await.unwrap();
-                let groups = GroupOffsets::replay(&log).await.unwrap();
-                Partition {
-                    log,
-                    sync_on_ack: true,
-                    appended: Event::new(),
-                    groups: Some(RefCell::new(groups)),
-                    commit_lock: Semaphore::new(1),
-                    produce_lock: Semaphore::new(1),
-                    appending_from: Cell::new(None),
-                }
-            };
+            let open = || test_partition(dir.path(), true);
             let stored =
                 |p: &Partition| ["idle", "busy"].map(|g| p.fetch_offsets(g, None).unwrap());
             let exists = |_: &str| true;
