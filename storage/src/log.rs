@@ -56,6 +56,10 @@ use crate::valid_batch::ValidBatch;
 /// io_uring's worker threads, two measured worse: ~580 MB/s against ~700.)
 const MAX_SYNC_ROUNDS: usize = 2;
 
+/// Wall-clock age a segment created by this process needs before it may roll by age (see
+/// `Log::roll_if_needed`).
+const MIN_WALL_AGE: Duration = Duration::from_secs(60);
+
 /// A verdict as `duplicate_of` reports it.
 fn verdict_outcome(header: &BatchHeader, verdict: Verdict) -> Result<Option<AppendInfo>> {
     match verdict {
@@ -790,10 +794,19 @@ impl Log {
     }
 
     /// Rolls if an append of this batch must go to a new segment.
+    ///
+    /// Record timestamps are the producers' to choose, so age alone would let a producer roll a
+    /// segment every other batch (an old timestamp, then a new one) and run the broker out of file
+    /// descriptors. A segment this process created therefore also has to be `MIN_WALL_AGE` (or
+    /// `segment_ms`, if shorter) old by the wall clock: at most one roll by age per minute.
     async fn roll_if_needed(&self, len: u64, last_delta: u64, max_timestamp: i64) -> Result<()> {
         let too_old = match self.config.segment_ms {
             Some(limit) if self.st.borrow().active().size > 0 => {
-                self.active_segment_age(max_timestamp).await? >= limit
+                let young = {
+                    let st = self.st.borrow();
+                    st.active().fresh && st.active().created.elapsed() < limit.min(MIN_WALL_AGE)
+                };
+                !young && self.active_segment_age(max_timestamp).await? >= limit
             }
             _ => false,
         };
@@ -852,6 +865,7 @@ impl Log {
             std::fs::rename(&spare.path, &log_path).ctx("reusing spare segment", &spare.path)?;
         }
         let mut seg = Segment::open(&self.dir, base, self.config.index_max_bytes, true).await?;
+        seg.fresh = true;
         let appender = Appender::new(
             seg.file.clone(),
             seg.log_path.clone(),

@@ -77,6 +77,9 @@ pub(crate) struct Segment {
     /// When this process opened or created the segment: its age for `segment_ms` when record
     /// timestamps cannot tell it (see `Log::active_segment_age`).
     pub created: Instant,
+    /// Created by this process (a roll), not opened from disk: then its age by record time rolls
+    /// it only once its wall-clock age agrees (`Log::roll_if_needed`).
+    pub fresh: bool,
     /// Max timestamp of the batch at position 0, once known: set when that batch is tracked, or
     /// read from the file (`read_first_batch_timestamp`) for a segment opened from disk.
     pub first_batch_timestamp: Option<i64>,
@@ -127,6 +130,7 @@ impl Segment {
             bytes_since_index: 0,
             allocated,
             created: Instant::now(),
+            fresh: false,
             first_batch_timestamp: None,
             indexes_missing,
         })

@@ -6,7 +6,7 @@
 //! check; so a caller that already validated a batch hands it over without the log checking again.
 
 use bytes::BytesMut;
-use mlog_wire::batch::{BatchHeader, RecordBatch};
+use mlog_wire::batch::{BatchError, BatchHeader, RecordBatch};
 
 use crate::error::{Result, StorageError};
 
@@ -28,6 +28,17 @@ impl ValidBatch {
     /// clients, which a broker must refuse if any record is malformed.
     pub fn check_records(bytes: BytesMut) -> Result<Self> {
         let header = *RecordBatch::parse(&bytes)?.header();
+        // Dense offsets, as every producer writes them (Kafka refuses the rest too): gaps belong to
+        // compacted batches, which only replication may carry. A producer could otherwise move the
+        // log end by 2^31 a batch, and roll a segment every other batch (a segment spans at most
+        // 2^32 offsets).
+        if header.last_offset_delta != header.record_count - 1 {
+            return Err(BatchError::InvalidRecordCount {
+                record_count: header.record_count,
+                last_offset_delta: header.last_offset_delta,
+            }
+            .into());
+        }
         Self::whole(bytes, header)
     }
 
@@ -54,5 +65,41 @@ impl ValidBatch {
     /// Never true: a batch has at least its header.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mlog_wire::batch::{ATTRIBUTES_OFFSET, CRC_OFFSET, LAST_OFFSET_DELTA_OFFSET};
+    use mlog_wire::checksum::crc32c;
+    use mlog_wire::{NewRecord, RecordBatchBuilder};
+
+    use super::*;
+
+    /// A one-record batch whose lastOffsetDelta is `delta` (its CRC recomputed).
+    fn one_record(delta: i32) -> BytesMut {
+        let mut b = RecordBatchBuilder::new();
+        b.push(NewRecord::new(0, None, Some(b"v"))).unwrap();
+        let mut bytes = b.build().unwrap();
+        bytes[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4]
+            .copy_from_slice(&delta.to_be_bytes());
+        let crc = crc32c(&bytes[ATTRIBUTES_OFFSET..]);
+        bytes[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        BytesMut::from(&bytes[..])
+    }
+
+    #[test]
+    fn client_batches_must_have_dense_offsets() {
+        assert!(ValidBatch::check_records(one_record(0)).is_ok());
+        // Well-formed (offset deltas may have gaps in compacted batches), but not from a producer.
+        assert!(ValidBatch::check(one_record(i32::MAX)).is_ok());
+        let err = ValidBatch::check_records(one_record(i32::MAX)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::InvalidBatch(BatchError::InvalidRecordCount { .. })
+            ),
+            "{err:?}"
+        );
     }
 }

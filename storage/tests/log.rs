@@ -1018,6 +1018,31 @@ fn segments_roll_by_age_in_record_time_across_a_reopen() {
 }
 
 #[test]
+fn producers_cannot_roll_segments_with_their_timestamps() {
+    // Each batch a segment_ms of record time after the last. Only the segment opened from disk may
+    // roll at once; the ones this process creates need a minute of wall time too.
+    let dir = tempfile::tempdir().unwrap();
+    let hour_ms = 3_600_000i64;
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        segment_ms: Some(Duration::from_millis(hour_ms as u64)),
+        ..small_config()
+    };
+    let t0 = 1_700_000_000_000i64;
+    run(|| async {
+        let log = Log::open(dir.path(), config).await.unwrap();
+        for i in 0..40 {
+            let ts = t0 + i * hour_ms;
+            log.append(bytes(&batch(i as u64, 1, 10, ts)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(log.segment_bases().len(), 2, "one roll by age, not 39");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn segments_without_timestamps_roll_by_time_since_open() {
     let dir = tempfile::tempdir().unwrap();
     run(|| async {
