@@ -259,18 +259,25 @@ async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> OffsetCom
     let group_error = topics::validate_name(&req.group)
         .err()
         .map(|_| ErrorCode::InvalidGroup);
+    // Each partition's own error, found before anything is stored (None: to be stored).
+    let mut refused = Vec::new();
     let mut commits = Vec::new();
-    let mut known = Vec::new();
     for t in &req.topics {
         for p in &t.partitions {
-            let exists = group_error.is_none() && exists(shard, &t.name, p.partition);
-            known.push(exists);
-            if exists {
+            let error = if group_error.is_some() {
+                None // the group's error answers every partition
+            } else if !exists(shard, &t.name, p.partition) {
+                Some(ErrorCode::UnknownTopicOrPartition)
+            } else if p.metadata.len() > MAX_OFFSET_METADATA_BYTES {
+                Some(ErrorCode::OffsetMetadataTooLarge)
+            } else {
                 commits.push((t.name.clone(), p.partition, p.offset, p.metadata.clone()));
-            }
+                None
+            };
+            refused.push(error);
         }
     }
-    let mut known = known.into_iter();
+    let mut refused = refused.into_iter();
     let stored = match group_error {
         Some(e) => e,
         None if commits.is_empty() => ErrorCode::None,
@@ -299,11 +306,7 @@ async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> OffsetCom
                     .iter()
                     .map(|p| PartitionResult {
                         partition: p.partition,
-                        error: if group_error.is_none() && known.next() == Some(false) {
-                            ErrorCode::UnknownTopicOrPartition
-                        } else {
-                            stored
-                        },
+                        error: refused.next().flatten().unwrap_or(stored),
                     })
                     .collect(),
             })
@@ -319,9 +322,24 @@ async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest) -> OffsetFetch
             topics: Vec::new(),
         };
     }
-    let wanted = req
-        .topics
-        .map(|ts| ts.into_iter().map(|t| (t.name, t.partitions)).collect());
+    // Each partition once: a request naming one partition many times must not make an answer
+    // many times its size.
+    let wanted = req.topics.map(|ts| {
+        let mut seen = std::collections::HashSet::new();
+        let mut wanted: Vec<(String, Vec<u32>)> = Vec::new();
+        for t in ts {
+            let fresh: Vec<u32> = t
+                .partitions
+                .into_iter()
+                .filter(|p| seen.insert((t.name.clone(), *p)))
+                .collect();
+            match wanted.iter_mut().find(|(name, _)| *name == t.name) {
+                Some((_, partitions)) => partitions.extend(fresh),
+                None => wanted.push((t.name, fresh)),
+            }
+        }
+        wanted
+    });
     let commits = match on_group_owner(
         shard,
         &req.group,
@@ -367,6 +385,10 @@ async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest) -> OffsetFetch
         topics: topics_out,
     }
 }
+
+/// Longest metadata a committed offset may carry (Kafka's `offset.metadata.max.bytes` default): it
+/// is kept in memory for as long as the offset is stored.
+const MAX_OFFSET_METADATA_BYTES: usize = 4096;
 
 /// Most topics, and most partitions, one request may name (or create): bounds the work and memory a
 /// single frame can cause.
@@ -865,18 +887,24 @@ fn metadata(shard: &Shard, req: MetadataRequest) -> MetadataResponse {
     };
     let topics = match req.topics {
         None => table.topics.iter().map(describe).collect(),
-        Some(names) => names
-            .into_iter()
-            .map(|name| match table.get(&name) {
-                Some(t) => describe(t),
-                None => TopicMetadata {
-                    error: ErrorCode::UnknownTopicOrPartition,
-                    name,
-                    partitions: Vec::new(),
-                    configs: Vec::new(),
-                },
-            })
-            .collect(),
+        // Each topic once: a request naming one topic many times must not make an answer many
+        // times its size.
+        Some(mut names) => {
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|n| seen.insert(n.clone()));
+            names
+        }
+        .into_iter()
+        .map(|name| match table.get(&name) {
+            Some(t) => describe(t),
+            None => TopicMetadata {
+                error: ErrorCode::UnknownTopicOrPartition,
+                name,
+                partitions: Vec::new(),
+                configs: Vec::new(),
+            },
+        })
+        .collect(),
     };
     MetadataResponse {
         revision: table.revision,

@@ -147,9 +147,26 @@ pub(crate) fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest topic configuration value accepted.
+const MAX_CONFIG_VALUE_BYTES: usize = 32;
+
 /// Checks the configs of a topic being created: each key at most once (so a topic holds at most one
 /// entry per known key, and the table and Metadata answers stay small), every value valid.
 pub(crate) fn validate_new_configs(configs: &[ConfigEntry]) -> Result<(), (ErrorCode, String)> {
+    // Every value is a number or a word: a longer one (say, a number padded with zeros) would only
+    // make every Metadata answer longer.
+    if let Some(e) = configs
+        .iter()
+        .find(|e| e.value.len() > MAX_CONFIG_VALUE_BYTES)
+    {
+        return Err((
+            ErrorCode::InvalidConfig,
+            format!(
+                "the value of {} is longer than {MAX_CONFIG_VALUE_BYTES} bytes",
+                e.key
+            ),
+        ));
+    }
     // First the keys and values (unknown keys refused), then duplicates.
     log_config(configs)?;
     let mut seen = std::collections::HashSet::new();
@@ -271,6 +288,9 @@ mod tests {
         );
         assert!(validate_new_configs(&twice).is_err());
         assert!(validate_new_configs(&[e("retention.ms", "60000")]).is_ok());
+        let padded = format!("{:0>40}", 60000);
+        assert!(log_config(&[e("retention.ms", &padded)]).is_ok());
+        assert!(validate_new_configs(&[e("retention.ms", &padded)]).is_err());
     }
 
     #[test]

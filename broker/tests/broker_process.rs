@@ -101,6 +101,14 @@ fn requests_naming_too_many_items_are_refused_and_the_connection_goes_on() {
         .topics
         .iter()
         .all(|t| !t.name.starts_with("many-")));
+    // A topic named many times is described once: the answer is no bigger than the table.
+    assert_eq!(
+        common::create(&mut s, "wide", 100, &[]).error,
+        ErrorCode::None
+    );
+    let m = metadata(&mut s, Some(vec!["wide".to_string(); 10_000]));
+    assert_eq!(m.topics.len(), 1);
+    assert_eq!(m.topics[0].partitions.len(), 100);
     api_versions_ok(&mut s, 13);
     assert_eq!(broker.terminate(), 0);
 }

@@ -561,6 +561,60 @@ fn group_offsets_are_committed_fetched_and_survive_a_restart() {
         );
         let got: Vec<i64> = r.topics[0].partitions.iter().map(|p| p.offset).collect();
         assert_eq!(got, vec![7, -1]);
+        // Each partition is answered once, however often it is asked for.
+        let r: OffsetFetchResponse = call(
+            &mut s,
+            ApiKey::OffsetFetch,
+            26,
+            &OffsetFetchRequest {
+                group: "g1".into(),
+                topics: Some(vec![
+                    OffsetFetchTopic {
+                        name: "a".into(),
+                        partitions: vec![0; 1000],
+                    },
+                    OffsetFetchTopic {
+                        name: "a".into(),
+                        partitions: vec![0, 2, 2],
+                    },
+                ]),
+            },
+        );
+        let got: Vec<(u32, i64)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.offset))
+            .collect();
+        assert_eq!((r.topics.len(), got), (1, vec![(0, 7), (2, 9)]));
+        // Metadata over 4096 bytes is refused for its partition only.
+        let r: OffsetCommitResponse = call(
+            &mut s,
+            ApiKey::OffsetCommit,
+            27,
+            &OffsetCommitRequest {
+                group: "g3".into(),
+                topics: vec![CommitTopic {
+                    name: "a".into(),
+                    partitions: vec![
+                        CommitPartition {
+                            partition: 0,
+                            offset: 1,
+                            metadata: "m".repeat(4097),
+                        },
+                        CommitPartition {
+                            partition: 1,
+                            offset: 2,
+                            metadata: "m".repeat(4096),
+                        },
+                    ],
+                }],
+            },
+        );
+        let errors: Vec<ErrorCode> = r.topics[0].partitions.iter().map(|p| p.error).collect();
+        assert_eq!(
+            errors,
+            vec![ErrorCode::OffsetMetadataTooLarge, ErrorCode::None]
+        );
         // kill -9: commits were fsynced before they were acknowledged.
     }
     let broker = Broker::start(dir.path(), &[]);
@@ -577,6 +631,10 @@ fn group_offsets_are_committed_fetched_and_survive_a_restart() {
         vec![("a".to_string(), 1, 1, "m1".to_string())]
     );
     assert!(fetch_offsets(&mut s, "nobody").is_empty());
+    assert_eq!(
+        fetch_offsets(&mut s, "g3"),
+        vec![("a".to_string(), 1, 2, "m".repeat(4096))]
+    );
     // A deleted topic's offsets go with it: created again, it starts with none, also after a restart.
     assert_eq!(
         call::<DeleteTopicsResponse>(

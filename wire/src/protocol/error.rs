@@ -47,11 +47,13 @@ pub enum ErrorCode {
     OutOfOrderSequence = 19,
     /// An idempotent producer's batch carries an epoch older than the producer's newest.
     ProducerFenced = 20,
+    /// A committed offset's metadata is longer than the broker stores (4096 bytes).
+    OffsetMetadataTooLarge = 21,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::InvalidRequest,
@@ -73,6 +75,7 @@ impl ErrorCode {
         ErrorCode::InvalidGroup,
         ErrorCode::OutOfOrderSequence,
         ErrorCode::ProducerFenced,
+        ErrorCode::OffsetMetadataTooLarge,
     ];
 
     /// The code for a number; numbers this version does not know map to `Unknown`.
@@ -115,6 +118,7 @@ impl ErrorCode {
             ErrorCode::InvalidGroup => "invalid group name",
             ErrorCode::OutOfOrderSequence => "out of order sequence number",
             ErrorCode::ProducerFenced => "producer epoch fenced",
+            ErrorCode::OffsetMetadataTooLarge => "offset metadata too large",
         }
     }
 }
