@@ -10,10 +10,13 @@
 //! Memory: a frame larger than a read chunk takes its size from the shard's request memory
 //! (`max_request_memory_bytes`) before its buffer exists, and gives it back once it is answered; a
 //! connection whose frame does not fit stops reading until others' frames are served. So the
-//! frames a shard buffers are bounded over all its connections, not only per connection.
+//! frames a shard buffers are bounded over all its connections, not only per connection. A frame
+//! that holds request memory must arrive within 10 s plus 1 s per MiB, or its connection is closed,
+//! so that peers sending large frames slowly (or never) cannot keep that memory from the others.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::future;
@@ -35,6 +38,11 @@ pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a stopping broker waits for a half-received frame.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// A frame that holds request memory must arrive within this grace plus its size at
+/// `FRAME_MIN_BYTES_PER_SEC`, or its connection is closed: a peer that announces large frames and
+/// sends them slowly (or never) would otherwise keep the shard's request memory from everyone else.
+const FRAME_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+const FRAME_MIN_BYTES_PER_SEC: f64 = (1 << 20) as f64;
 
 pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
     let peer = stream
@@ -47,8 +55,9 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // Whether `buf` is the current frame's own buffer (then it holds nothing else).
     let mut own_buffer = false;
-    // The request memory the frame being read holds (frames with a buffer of their own only).
-    let mut memory: Option<StaticPermit> = None;
+    // The request memory the frame being read holds (frames with a buffer of their own only), and
+    // when the frame must have arrived.
+    let mut memory: Option<(StaticPermit, Instant)> = None;
     let mut pieces = Vec::new();
     loop {
         match check_frame(&buf, REQUEST_HEADER_BYTES, ctx.config.max_frame_bytes) {
@@ -76,6 +85,9 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
             }
             Ok(None) => {
                 if !read_more(&mut stream, &mut buf, &mut own_buffer, &mut memory, &ctx).await {
+                    if memory.is_some_and(|(_, deadline)| Instant::now() >= deadline) {
+                        tracing::warn!(shard = ctx.id(), %peer, "closing connection: a frame arrived too slowly");
+                    }
                     return;
                 }
             }
@@ -93,7 +105,7 @@ async fn read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     own_buffer: &mut bool,
-    memory: &mut Option<StaticPermit>,
+    memory: &mut Option<(StaticPermit, Instant)>,
     ctx: &Shard,
 ) -> bool {
     let start = buf.len();
@@ -104,7 +116,9 @@ async fn read_more(
             let total = u32::from_be_bytes(*len) as usize + 4;
             // `buf` holds only this frame's start here (a longer `buf` would hold the whole frame).
             if total > READ_CHUNK_BYTES && !*own_buffer {
-                let units = total as u64;
+                // The length prefix is not counted: a frame of `max_frame_bytes`, which the config
+                // lets equal the whole request memory, must fit.
+                let units = (total - 4) as u64;
                 let granted = future::or(
                     async { ctx.request_memory.acquire_static_permit(units).await.ok() },
                     async {
@@ -116,7 +130,8 @@ async fn read_more(
                 let Some(permit) = granted else {
                     return false;
                 };
-                *memory = Some(permit);
+                let allowed = FRAME_GRACE.as_secs_f64() + total as f64 / FRAME_MIN_BYTES_PER_SEC;
+                *memory = Some((permit, Instant::now() + Duration::from_secs_f64(allowed)));
                 let mut own = BytesMut::with_capacity(total);
                 own.extend_from_slice(buf);
                 *buf = own;
@@ -126,13 +141,25 @@ async fn read_more(
         }
         None => READ_CHUNK_BYTES,
     };
+    let deadline = memory.as_ref().map(|(_, d)| *d);
+    let stop_or_deadline = future::or(
+        async {
+            ctx.until_stopping().await;
+            // Stopping: an idle connection closes now, one in the middle of a frame gets a moment
+            // to finish sending it.
+            if start > 0 {
+                glommio::timer::sleep(STOP_GRACE).await;
+            }
+        },
+        async {
+            match deadline {
+                Some(d) => glommio::timer::sleep(d.saturating_duration_since(Instant::now())).await,
+                None => future::pending().await,
+            }
+        },
+    );
     let read = future::or(async { Some(recv_into(stream, buf, want).await) }, async {
-        ctx.until_stopping().await;
-        // Stopping: an idle connection closes now, one in the middle of a frame gets a moment to
-        // finish sending it.
-        if start > 0 {
-            glommio::timer::sleep(STOP_GRACE).await;
-        }
+        stop_or_deadline.await;
         None
     })
     .await;

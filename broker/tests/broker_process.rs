@@ -379,5 +379,29 @@ fn large_requests_wait_for_the_shards_request_memory_while_small_ones_go_on() {
     second.write_all(&frame[half..]).unwrap();
     let (h, _) = read_response(&mut second);
     assert_eq!(h.error, ErrorCode::None);
+    // Peers that start large frames and then stall are cut off once their frames are overdue (10 s
+    // plus 1 s per MiB), and the frame waiting behind them goes in.
+    let (mut slow1, mut slow2) = (connect(), connect());
+    slow1.write_all(&frame[..half]).unwrap();
+    slow2.write_all(&frame[..half]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let mut waiting = connect();
+    waiting.write_all(&frame).unwrap();
+    let (h, _) = read_response(&mut waiting);
+    assert_eq!((h.correlation_id, h.error), (7, ErrorCode::None));
+    assert!(
+        started.elapsed() > std::time::Duration::from_secs(5),
+        "answered after {:?}, before the stalled frames were overdue",
+        started.elapsed()
+    );
+    for slow in [&mut slow1, &mut slow2] {
+        let closed = slow.read(&mut byte);
+        assert!(
+            matches!(&closed, Ok(0))
+                || matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a stalled connection is closed: {closed:?}"
+        );
+    }
     assert_eq!(broker.terminate(), 0);
 }
