@@ -4,6 +4,7 @@
 //! than `max_frame_bytes` is refused before it is buffered.
 
 use std::io::IoSlice;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mlog_wire::protocol::frame::{
@@ -82,6 +83,11 @@ impl Connection {
             *self = Connection::connect(self.addr.as_str()).await?;
         }
         Ok(())
+    }
+
+    /// Makes the next request connect again first (the broker behind it may have restarted).
+    pub(crate) fn reconnect_next(&mut self) {
+        self.broken = true;
     }
 
     /// The address this connection was made to.
@@ -210,6 +216,26 @@ impl Connection {
         match p.error {
             ErrorCode::None => Ok(p),
             code => Err(ClientError::broker(code, None)),
+        }
+    }
+
+    /// Runs `call` on this connection, giving up after `limit`: a stalled broker must not stall the
+    /// caller for good. On expiry the connection is marked broken (an answer may still come), so
+    /// the next request connects again; the error is an I/O one (retriable).
+    pub(crate) async fn within<T>(
+        &mut self,
+        limit: Duration,
+        call: impl AsyncFnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, call(self)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.broken = true;
+                Err(self.io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {limit:?}"),
+                )))
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 //! `ConsumerConfig::reset`. Committed offsets are "the next offset to read", as in Kafka.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -38,6 +38,9 @@ pub struct ConsumerConfig {
     /// Where a partition restarts when its position is out of range, and where a newly assigned
     /// partition starts without a committed offset.
     pub reset: OffsetSpec,
+    /// Longest wait for an answer from the bootstrap broker (metadata, offsets, group offsets);
+    /// then the call fails with a retriable I/O error and the next one connects again.
+    pub request_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -48,6 +51,7 @@ impl Default for ConsumerConfig {
             min_bytes: 1,
             partition_max_bytes: 1 << 20,
             reset: OffsetSpec::Earliest,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -93,18 +97,20 @@ struct Asked {
 struct Fetcher {
     addr: String,
     conn: Option<Connection>,
-    in_flight: Option<(u32, Vec<Asked>)>,
+    /// The fetch in flight: its correlation id, what it asked for, and when its answer is overdue.
+    in_flight: Option<(u32, Vec<Asked>, Instant)>,
 }
 
 impl Fetcher {
-    /// Reads the answer to the fetch in flight, waiting at most `limit` (then the connection is
-    /// dropped and the error is an I/O one, so the poll reroutes and asks again). Cancellation-safe
-    /// (see `Connection::response`).
-    async fn read(&mut self, limit: Duration) -> Result<(Bytes, Vec<Asked>)> {
-        let (Some(conn), Some((id, _))) = (self.conn.as_mut(), &self.in_flight) else {
+    /// Reads the answer to the fetch in flight, waiting until it is overdue (then the connection is
+    /// dropped and the error is an I/O one, so the poll reroutes and asks again). The deadline was
+    /// set when the fetch was sent, so polls that another listener answers first do not push it
+    /// back. Cancellation-safe (see `Connection::response`).
+    async fn read(&mut self) -> Result<(Bytes, Vec<Asked>)> {
+        let (Some(conn), Some((id, _, deadline))) = (self.conn.as_mut(), &self.in_flight) else {
             return Err(ClientError::Protocol("no fetch in flight".into()));
         };
-        let answer = match tokio::time::timeout(limit, conn.response(*id)).await {
+        let answer = match tokio::time::timeout_at((*deadline).into(), conn.response(*id)).await {
             Ok(answer) => answer,
             Err(_) => Err(ClientError::Io {
                 addr: self.addr.clone(),
@@ -114,7 +120,7 @@ impl Fetcher {
                 ),
             }),
         };
-        let asked = self.in_flight.take().map(|(_, a)| a).unwrap_or_default();
+        let asked = self.in_flight.take().map(|(_, a, _)| a).unwrap_or_default();
         // After anything but a frame-level error answer, the connection's state is unknown (an
         // oversized or undecodable response leaves bytes unread): the next fetch gets a new one.
         if matches!(answer, Err(ref e) if !matches!(e, ClientError::Broker { .. })) {
@@ -159,9 +165,15 @@ pub struct Consumer {
 impl Consumer {
     /// Connects to a broker of the cluster.
     pub async fn connect(bootstrap: &str, config: ConsumerConfig) -> Result<Consumer> {
+        let conn = tokio::time::timeout(config.request_timeout, Connection::connect(bootstrap))
+            .await
+            .map_err(|_| ClientError::Io {
+                addr: bootstrap.to_string(),
+                source: std::io::ErrorKind::TimedOut.into(),
+            })??;
         Ok(Consumer {
             bootstrap: bootstrap.to_string(),
-            conn: Connection::connect(bootstrap).await?,
+            conn,
             config,
             assigned: Vec::new(),
             fetchers: Vec::new(),
@@ -174,7 +186,7 @@ impl Consumer {
     /// Assigns partitions of `topic` (all of them when `None`). Each starts at the group's committed
     /// offset if there is one, else at `reset`.
     pub async fn assign(&mut self, topic: &str, partitions: Option<Vec<u32>>) -> Result<()> {
-        let routes = topic_routes(&mut self.conn, &self.bootstrap, topic).await?;
+        let routes = self.routes(topic).await?;
         let partitions = partitions.unwrap_or_else(|| routes.iter().map(|r| r.0).collect());
         for partition in partitions {
             let Some((_, addr)) = routes.get(partition as usize) else {
@@ -287,8 +299,25 @@ impl Consumer {
             .fold(a.position, i64::min)
     }
 
+    /// Runs `call` on the bootstrap connection, bounded by `request_timeout`.
+    async fn on_bootstrap<T>(
+        &mut self,
+        call: impl AsyncFnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        self.conn.within(self.config.request_timeout, call).await
+    }
+
+    /// Each partition of `topic` and the listener of its owner shard.
+    async fn routes(&mut self, topic: &str) -> Result<Vec<(u32, String)>> {
+        let bootstrap = self.bootstrap.clone();
+        self.on_bootstrap(async |c| topic_routes(c, &bootstrap, topic).await)
+            .await
+    }
+
     async fn lookup(&mut self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<i64> {
-        let p = self.conn.list_offset(topic, partition, spec).await?;
+        let p = self
+            .on_bootstrap(async |c| c.list_offset(topic, partition, spec).await)
+            .await?;
         // No record that recent: start at the end.
         Ok(if p.offset < 0 {
             p.high_watermark
@@ -320,7 +349,7 @@ impl Consumer {
             // did not move, so nothing is skipped or repeated.
             Err(e) if e.is_retriable() => {
                 self.fetchers.clear();
-                self.conn = Connection::connect(self.bootstrap.as_str()).await?;
+                self.conn.reconnect_next();
                 self.reroute().await?;
                 self.poll_once().await
             }
@@ -333,7 +362,7 @@ impl Consumer {
         let mut topics: Vec<Arc<str>> = self.assigned.iter().map(|a| a.topic.clone()).collect();
         topics.dedup();
         for topic in topics {
-            let routes = topic_routes(&mut self.conn, &self.bootstrap, &topic).await?;
+            let routes = self.routes(&topic).await?;
             for a in self.assigned.iter_mut().filter(|a| a.topic == topic) {
                 if let Some((_, addr)) = routes.get(a.partition as usize) {
                     a.addr = addr.clone();
@@ -345,14 +374,12 @@ impl Consumer {
 
     async fn poll_once(&mut self) -> Result<Vec<ConsumerRecord>> {
         self.start_fetches().await?;
-        // The broker answers by max_wait (it caps waits at 30 s); this leaves room for the transfer.
-        let limit = self.config.max_wait + FETCH_ANSWER_MARGIN;
         let (body, asked) = {
             let mut waits: Vec<_> = self
                 .fetchers
                 .iter_mut()
                 .filter(|f| f.in_flight.is_some())
-                .map(|f| Box::pin(f.read(limit)))
+                .map(|f| Box::pin(f.read()))
                 .collect();
             if waits.is_empty() {
                 return Ok(Vec::new());
@@ -430,7 +457,10 @@ impl Consumer {
             };
             let id = conn.write_request(ApiKey::Fetch, &req).await?;
             f.conn = Some(conn);
-            f.in_flight = Some((id, asked));
+            // The broker answers by max_wait (it caps waits at 30 s); the margin leaves room for
+            // the transfer.
+            let deadline = Instant::now() + self.config.max_wait + FETCH_ANSWER_MARGIN;
+            f.in_flight = Some((id, asked, deadline));
         }
         Ok(())
     }
@@ -551,9 +581,9 @@ impl Consumer {
                 }),
             }
         }
+        let req = OffsetCommitRequest { group, topics };
         let r: OffsetCommitResponse = self
-            .conn
-            .request(ApiKey::OffsetCommit, &OffsetCommitRequest { group, topics })
+            .on_bootstrap(async |c| c.request(ApiKey::OffsetCommit, &req).await)
             .await?;
         match r
             .topics
@@ -581,7 +611,9 @@ impl Consumer {
                 partitions: vec![partition],
             }]),
         };
-        let r: OffsetFetchResponse = self.conn.request(ApiKey::OffsetFetch, &req).await?;
+        let r: OffsetFetchResponse = self
+            .on_bootstrap(async |c| c.request(ApiKey::OffsetFetch, &req).await)
+            .await?;
         if r.error != ErrorCode::None {
             return Err(ClientError::broker(r.error, None));
         }
@@ -596,15 +628,12 @@ impl Consumer {
     /// Every offset the group committed: `(topic, partition, offset)`, sorted.
     pub async fn all_committed(&mut self) -> Result<Vec<(String, u32, i64)>> {
         let group = self.group()?;
+        let req = OffsetFetchRequest {
+            group,
+            topics: None,
+        };
         let r: OffsetFetchResponse = self
-            .conn
-            .request(
-                ApiKey::OffsetFetch,
-                &OffsetFetchRequest {
-                    group,
-                    topics: None,
-                },
-            )
+            .on_bootstrap(async |c| c.request(ApiKey::OffsetFetch, &req).await)
             .await?;
         if r.error != ErrorCode::None {
             return Err(ClientError::broker(r.error, None));
@@ -624,5 +653,40 @@ impl Consumer {
             .group
             .clone()
             .ok_or_else(|| ClientError::Protocol("committing needs ConsumerConfig::group".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_fetch_is_overdue_by_its_own_deadline_however_often_polls_give_up_on_it() {
+        // A listener that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let _silent = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(socket);
+        });
+        let mut fetcher = Fetcher {
+            addr: addr.clone(),
+            conn: Some(Connection::connect(addr.as_str()).await.unwrap()),
+            in_flight: Some((0, Vec::new(), Instant::now() + Duration::from_millis(300))),
+        };
+        let start = Instant::now();
+        // Every poll ends after 50 ms (another listener answered first), yet the fetch still
+        // becomes overdue, and its connection goes.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(50), fetcher.read()).await {
+                Ok(answer) => {
+                    assert!(answer.is_err());
+                    break;
+                }
+                Err(_) => assert!(start.elapsed() < Duration::from_secs(10), "never overdue"),
+            }
+        }
+        assert!(fetcher.in_flight.is_none() && fetcher.conn.is_none());
     }
 }

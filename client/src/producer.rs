@@ -35,7 +35,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -162,6 +162,9 @@ struct Inner {
     /// Sends that must wait (metadata, memory); while there are any, every send queues on `order`.
     waiting_sends: AtomicUsize,
     order: tokio::sync::Mutex<()>,
+    /// `close` began: sends are refused from then on (checked under `state`, so every record
+    /// accepted before is one `close`'s flush waits for).
+    closing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -283,6 +286,7 @@ impl Producer {
                 state: Mutex::new(State::default()),
                 waiting_sends: AtomicUsize::new(0),
                 order: tokio::sync::Mutex::new(()),
+                closing: AtomicBool::new(false),
             }),
         })
     }
@@ -395,8 +399,9 @@ impl Producer {
         Ok(())
     }
 
-    /// Flushes, then refuses further sends.
+    /// Refuses further sends, then flushes what was sent before.
     pub async fn close(&self) -> Result<()> {
+        self.inner.closing.store(true, Ordering::SeqCst);
         self.flush().await?;
         self.inner.memory.close();
         Ok(())
@@ -454,6 +459,9 @@ impl Inner {
         let record = NewRecord::new(timestamp, key, Some(value)).with_headers(&headers);
 
         let mut st = lock(&self.state);
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
         let Some(t) = st.topics.get_mut(topic) else {
             return Ok(Enqueued::NeedsMetadata);
         };

@@ -171,3 +171,29 @@ async fn a_deleted_topic_does_not_stop_the_others_and_can_be_unassigned() {
     }
     producer.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_stalled_broker_time_out_and_work_again_once_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("s", 1).await;
+    let config = ConsumerConfig {
+        group: Some("g".into()),
+        max_wait: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(1),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::connect(broker.addr(), config).await.unwrap();
+    consumer.assign("s", None).await.unwrap();
+    broker.freeze(true);
+    let start = std::time::Instant::now();
+    let stalled = consumer.commit().await;
+    let waited = start.elapsed();
+    broker.freeze(false);
+    let err = stalled.expect_err("a frozen broker answers nothing");
+    assert!(err.is_retriable(), "{err}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // The next call connects again and is answered.
+    consumer.commit().await.unwrap();
+    assert_eq!(consumer.committed("s", 0).await.unwrap(), Some(0));
+}

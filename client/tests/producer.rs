@@ -100,6 +100,10 @@ async fn records_are_batched_partitioned_by_key_and_acknowledged_with_their_offs
         );
     }
     producer.close().await.unwrap();
+    assert!(
+        producer.send("keyed", None, b"late", &[]).await.is_err(),
+        "a closed producer refuses sends"
+    );
     for partition in 0..4u32 {
         let stored = read_partition(broker.addr(), "keyed", partition).await;
         let expected: Vec<(i64, Vec<u8>, Vec<u8>)> = acked
