@@ -9,7 +9,7 @@
 //! These functions block; the log runs them on glommio's blocking thread pool.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result, StorageError};
@@ -132,11 +132,15 @@ pub(crate) fn read(dir: &Path, kind: Kind) -> Result<Option<Vec<u8>>> {
 
 fn read_bytes(dir: &Path, name: &str, kind: u8) -> Result<Option<Vec<u8>>> {
     let path = dir.join(name);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
+    // At most one byte more than the largest valid file: a damaged, huge file is refused below
+    // without being read whole.
+    let limit = (HEADER_LEN + MAX_PAYLOAD_BYTES + 4 + 1) as u64;
+    let mut bytes = Vec::new();
+    match File::open(&path).and_then(|f| f.take(limit).read_to_end(&mut bytes)) {
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StorageError::io("reading checkpoint", path, e)),
-    };
+    }
     match decode(kind, &bytes) {
         Ok(payload) => Ok(Some(payload.to_vec())),
         Err(reason) => Err(StorageError::CorruptCheckpoint { path, reason }),
@@ -215,6 +219,25 @@ mod tests {
         for k in 0..bytes.len() {
             assert!(decode(Kind::HighWatermark as u8, &bytes[..k]).is_err());
         }
+    }
+
+    #[test]
+    fn a_huge_damaged_checkpoint_is_refused_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), Kind::RecoveryPoint, &u64_payload(7)).unwrap();
+        // A sparse 64 GiB file: read whole, it would not fit in memory.
+        let path = dir.path().join(Kind::RecoveryPoint.file_name());
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        let err = read(dir.path(), Kind::RecoveryPoint).unwrap_err();
+        assert!(
+            matches!(err, StorageError::CorruptCheckpoint { .. }),
+            "{err}"
+        );
     }
 
     #[test]

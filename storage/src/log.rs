@@ -2059,8 +2059,11 @@ async fn recover_segment(
         file.truncate(end.valid_upto)
             .await
             .ctx("truncating segment", &path)?;
-        file.fdatasync().await.ctx("fdatasync", &path)?;
     }
+    // Synced whether or not it was cut: what the scan accepted may be writes no fdatasync covered
+    // before the crash (a segment filled exactly to its size is not cut), and it is about to count
+    // as durable, below the recovery point and the high watermark.
+    file.fdatasync().await.ctx("fdatasync", &path)?;
     seg.allocated = end.valid_upto;
     if was_sealed {
         seg.seal();
