@@ -11,8 +11,9 @@
 //! (`max_request_memory_bytes`) before its buffer exists, and gives it back once it is answered; a
 //! connection whose frame does not fit stops reading until others' frames are served. So the
 //! frames a shard buffers are bounded over all its connections, not only per connection. A frame
-//! that holds request memory must arrive within 10 s plus 1 s per MiB, or its connection is closed,
-//! so that peers sending large frames slowly (or never) cannot keep that memory from the others.
+//! that holds request memory must arrive, and every response must be taken, within 10 s plus 1 s
+//! per MiB, or the connection is closed, so that peers sending large frames or reading answers
+//! slowly (or never) cannot hold memory for as long as they like.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -38,9 +39,10 @@ pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a stopping broker waits for a half-received frame.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-/// A frame that holds request memory must arrive within this grace plus its size at
-/// `FRAME_MIN_BYTES_PER_SEC`, or its connection is closed: a peer that announces large frames and
-/// sends them slowly (or never) would otherwise keep the shard's request memory from everyone else.
+/// A frame that holds request memory must arrive, and every response must be taken, within this
+/// grace plus its size at `FRAME_MIN_BYTES_PER_SEC`, or the connection is closed: a peer that sends
+/// large frames or reads large answers slowly (or never) would otherwise keep the shard's memory
+/// for as long as it likes.
 const FRAME_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 const FRAME_MIN_BYTES_PER_SEC: f64 = (1 << 20) as f64;
 
@@ -69,8 +71,11 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
                     tracing::warn!(shard = ctx.id(), %peer, "closing connection: a produce with acks=0 failed");
                     return;
                 }
-                for piece in &pieces {
-                    if stream.write_all(piece.bytes()).await.is_err() {
+                match write_response(&mut stream, &pieces).await {
+                    Written::Whole => {}
+                    Written::Failed => return,
+                    Written::TooSlowly => {
+                        tracing::warn!(shard = ctx.id(), %peer, "closing connection: a response was not taken in time");
                         return;
                     }
                 }
@@ -97,6 +102,40 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
             }
         }
     }
+}
+
+enum Written {
+    Whole,
+    Failed,
+    /// Not within `FRAME_GRACE` plus its size at `FRAME_MIN_BYTES_PER_SEC`: a peer reading slowly
+    /// would otherwise keep the response's buffers (up to half a frame of fetched data) alive for
+    /// as long as it likes.
+    TooSlowly,
+}
+
+/// Writes a response's pieces.
+async fn write_response(stream: &mut TcpStream, pieces: &[dispatch::Piece]) -> Written {
+    let total: usize = pieces.iter().map(|p| p.bytes().len()).sum();
+    let allowed = FRAME_GRACE.as_secs_f64() + total as f64 / FRAME_MIN_BYTES_PER_SEC;
+    let write = async {
+        for piece in pieces {
+            stream.write_all(piece.bytes()).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    future::or(
+        async {
+            match write.await {
+                Ok(()) => Written::Whole,
+                Err(_) => Written::Failed,
+            }
+        },
+        async {
+            glommio::timer::sleep(Duration::from_secs_f64(allowed)).await;
+            Written::TooSlowly
+        },
+    )
+    .await
 }
 
 /// Reads at least one byte into `buf`; false when the peer closed, the read failed, or the broker

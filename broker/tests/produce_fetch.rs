@@ -1059,3 +1059,86 @@ fn a_resent_idempotent_batch_is_stored_once_even_across_a_kill_9() {
     assert_eq!(bases, vec![0, 3, 5, 6, 7]);
     assert_eq!(broker.terminate(), 0);
 }
+
+#[test]
+fn a_peer_that_does_not_read_its_answer_is_cut_off_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "wide", 1, &[]).error, ErrorCode::None);
+    // 6 batches of ~900 KB: more than the broker's socket send buffer (at most 4 MiB) can hold.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut b = RecordBatchBuilder::new();
+    for i in 0..900 {
+        b.push(NewRecord::new(now + i, None, Some(&[7u8; 1000][..])))
+            .unwrap();
+    }
+    let big = b.build().unwrap();
+    for _ in 0..6 {
+        assert_eq!(produce(&mut s, "wide", 0, -1, &big).error, ErrorCode::None);
+    }
+    // A reader with a tiny receive buffer asks for all of it and reads nothing.
+    let mut slow = broker.connect();
+    let receive_buffer = |s: &std::net::TcpStream, bytes: libc::c_int| {
+        // SAFETY: setsockopt on a socket this test owns, with a c_int option value of its size.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+    };
+    receive_buffer(&slow, 4096);
+    let req = FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 16 << 20,
+        topics: vec![FetchTopic {
+            name: "wide".into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                fetch_offset: 0,
+                max_bytes: 16 << 20,
+            }],
+        }],
+    };
+    send_only(&mut slow, ApiKey::Fetch, 5, &req);
+    let answer = 6 * big.len();
+    // The broker allows 10 s plus 1 s per MiB (about 15 s here); meanwhile others are served.
+    std::thread::sleep(Duration::from_secs(3));
+    // A request the broker cannot read while it waits to write: closing with unread bytes resets
+    // the connection at once, rather than letting what the kernel already holds trickle out first.
+    send_only(&mut slow, ApiKey::ApiVersions, 6, &ApiVersionsRequest {});
+    api_versions_ok(&mut s, 7);
+    std::thread::sleep(Duration::from_secs(14));
+    // The connection ends, short of the answer.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let end = loop {
+        match std::io::Read::read(&mut slow, &mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got += n,
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        matches!(&end, Ok(()))
+            || matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection was closed: {end:?} after {got} bytes"
+    );
+    assert!(
+        got < answer,
+        "{got} of {answer} bytes: the answer was cut off"
+    );
+    api_versions_ok(&mut s, 8);
+    assert_eq!(broker.terminate(), 0);
+}
