@@ -641,6 +641,29 @@ impl Inner {
         })
     }
 
+    /// Forgets `endpoint` if no partition is routed to it any more (a restarted broker's shards
+    /// listen on new ports): its sender then ends, instead of idling for the producer's lifetime. A
+    /// later route to the same address makes a new endpoint and sender.
+    fn retire_if_unused(&self, endpoint: &Arc<Endpoint>) -> bool {
+        let mut st = lock(&self.state);
+        let used = st
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .any(|p| Arc::ptr_eq(&p.endpoint, endpoint));
+        if used {
+            return false;
+        }
+        if st
+            .endpoints
+            .get(&endpoint.addr)
+            .is_some_and(|e| Arc::ptr_eq(e, endpoint))
+        {
+            st.endpoints.remove(&endpoint.addr);
+        }
+        true
+    }
+
     /// Sends one request and settles its batches: acknowledged, failed, or back in their queues.
     /// Returns whether anything is to be retried.
     async fn send_request(
@@ -931,6 +954,9 @@ async fn run_sender(inner: Weak<Inner>, endpoint: Arc<Endpoint>) {
                 }
             }
             Collected::Idle(deadline) => {
+                if deadline.is_none() && this.retire_if_unused(&endpoint) {
+                    return;
+                }
                 drop(this);
                 match deadline {
                     Some(d) => {
