@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use mlog_client::{
-    Acks, Admin, ClientError, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig,
+    Acks, Admin, ClientError, Consumer, ConsumerConfig, ConsumerRecord, OffsetSpec, Producer,
+    ProducerConfig,
 };
 use serde_json::json;
 
@@ -139,9 +140,10 @@ struct ConsumeArgs {
     #[arg(long, requires = "partition", conflicts_with = "from_time")]
     offset: Option<i64>,
     /// Start at the first record at or after this time (RFC 3339, e.g. 2026-11-25T10:00:00Z).
-    #[arg(long)]
-    from_time: Option<String>,
-    /// Consumer group (start at its committed offsets, commit what was read).
+    #[arg(long, value_parser = parse_rfc3339_ms)]
+    from_time: Option<i64>,
+    /// Consumer group (start at its committed offsets; commit what was printed each second, and
+    /// at the end, also on Ctrl-C or SIGTERM).
     #[arg(long)]
     group: Option<String>,
     /// Stop after this many records.
@@ -155,6 +157,23 @@ struct ConsumeArgs {
     format: String,
 }
 
+/// Writes one line to stdout; a closed stdout (`mlog topic list | head -1`) ends the program
+/// quietly instead of panicking as `println!` would.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    };
+}
+
+/// An RFC 3339 time (`2026-11-25T10:00:00Z`, `2026-11-25T11:00:00+01:00`) as Unix milliseconds.
+fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
+    let at = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time such as 2026-11-25T10:00:00Z: {e}"))?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|_| "out of range".to_string())
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -162,7 +181,10 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -172,8 +194,42 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ ClientError::Broker { .. }) => fail(1, &e.to_string()),
-        Err(e) => fail(2, &e.to_string()),
+        Err(CliError::Client(e @ ClientError::Broker { .. })) => fail(1, &e.to_string()),
+        Err(CliError::Client(e)) => fail(2, &e.to_string()),
+        Err(CliError::Usage(message)) => fail(2, &message),
+    }
+}
+
+/// What ends a command: the client's error, or arguments that do not go together.
+enum CliError {
+    Client(ClientError),
+    Usage(String),
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        CliError::Client(e)
+    }
+}
+
+/// Help and version as clap prints them; a usage error as one line (clap's own adds a usage block
+/// and a hint).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            fail(2, "a subcommand is missing (see --help)")
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            fail(2, &format!("{first} (see --help)"))
+        }
     }
 }
 
@@ -182,7 +238,7 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn run(cli: Cli) -> Result<(), ClientError> {
+async fn run(cli: Cli) -> Result<(), CliError> {
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Completions { shell } => {
@@ -199,7 +255,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     }
 }
 
-async fn topic(bootstrap: &str, cmd: TopicCommand, json: bool) -> Result<(), ClientError> {
+async fn topic(bootstrap: &str, cmd: TopicCommand, json: bool) -> Result<(), CliError> {
     let admin = Admin::connect(bootstrap).await?;
     match cmd {
         TopicCommand::Create {
@@ -225,11 +281,11 @@ async fn topic(bootstrap: &str, cmd: TopicCommand, json: bool) -> Result<(), Cli
                     .iter()
                     .map(|t| json!({ "name": t.name, "partitions": t.partitions }))
                     .collect();
-                println!("{}", serde_json::Value::Array(list));
+                out!("{}", serde_json::Value::Array(list));
             } else {
-                println!("{:<40} {:>10}", "TOPIC", "PARTITIONS");
+                out!("{:<40} {:>10}", "TOPIC", "PARTITIONS");
                 for t in topics {
-                    println!("{:<40} {:>10}", t.name, t.partitions);
+                    out!("{:<40} {:>10}", t.name, t.partitions);
                 }
             }
         }
@@ -250,21 +306,26 @@ async fn topic(bootstrap: &str, cmd: TopicCommand, json: bool) -> Result<(), Cli
                     .iter()
                     .map(|(k, v)| (k.clone(), json!(v)))
                     .collect();
-                println!(
+                out!(
                     "{}",
                     json!({ "name": d.name, "partitions": parts, "configs": configs })
                 );
             } else {
-                println!("topic {}", d.name);
+                out!("topic {}", d.name);
                 for (k, v) in &d.configs {
-                    println!("  {k}={v}");
+                    out!("  {k}={v}");
                 }
-                println!(
+                out!(
                     "{:>9} {:>6} {:>5} {:>12} {:>12} {:>14}",
-                    "PARTITION", "LEADER", "SHARD", "LOG_START", "LOG_END", "HIGH_WATERMARK"
+                    "PARTITION",
+                    "LEADER",
+                    "SHARD",
+                    "LOG_START",
+                    "LOG_END",
+                    "HIGH_WATERMARK"
                 );
                 for p in d.partitions {
-                    println!(
+                    out!(
                         "{:>9} {:>6} {:>5} {:>12} {:>12} {:>14}",
                         p.partition,
                         p.leader,
@@ -290,13 +351,18 @@ async fn topic(bootstrap: &str, cmd: TopicCommand, json: bool) -> Result<(), Cli
 
 fn print(json: bool, value: serde_json::Value, text: &str) {
     if json {
-        println!("{value}");
+        out!("{value}");
     } else {
-        println!("{text}");
+        out!("{text}");
     }
 }
 
-async fn produce(bootstrap: &str, args: ProduceArgs) -> Result<(), ClientError> {
+async fn produce(bootstrap: &str, args: ProduceArgs) -> Result<(), CliError> {
+    if args.print_offsets && matches!(args.acks, AcksArg::None) {
+        return Err(CliError::Usage(
+            "--print-offsets needs --acks all or leader: with none, nothing is acknowledged".into(),
+        ));
+    }
     let acks = match args.acks {
         AcksArg::All => Acks::All,
         AcksArg::Leader => Acks::Leader,
@@ -372,7 +438,7 @@ async fn produce(bootstrap: &str, args: ProduceArgs) -> Result<(), ClientError> 
         .map_err(|e| ClientError::Protocol(e.to_string()))
         .and_then(|r| r);
     let closed = producer.close().await;
-    sent.and(printed).and(closed)
+    Ok(sent.and(printed).and(closed)?)
 }
 
 /// Splits `line` at the first `sep`.
@@ -384,7 +450,7 @@ fn split_once<'a>(line: &'a [u8], sep: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
     Some((&line[..at], &line[at + sep.len()..]))
 }
 
-async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), ClientError> {
+async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), CliError> {
     let config = ConsumerConfig {
         group: args.group.clone(),
         max_wait: Duration::from_millis(200),
@@ -404,12 +470,7 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
         Some(p) => vec![p],
         None => (0..admin.describe_topic(&args.topic).await?.partitions.len() as u32).collect(),
     };
-    if let Some(t) = &args.from_time {
-        let at = humantime::parse_rfc3339_weak(t)
-            .map_err(|e| ClientError::Protocol(format!("--from-time {t:?}: {e}")))?;
-        let ms = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+    if let Some(ms) = args.from_time {
         for &p in &partitions {
             consumer
                 .seek(&args.topic, p, OffsetSpec::Timestamp(ms))
@@ -425,12 +486,21 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
     }
     let mut seen = 0u64;
     let mut last = Instant::now();
+    let mut committed_at = Instant::now();
     let mut out = std::io::stdout().lock();
+    let mut line = Vec::new();
+    let stop = stop_signal();
+    tokio::pin!(stop);
     'poll: loop {
         if args.max_messages.is_some_and(|m| seen >= m) {
             break;
         }
-        let records = consumer.poll().await?;
+        // Ctrl-C or SIGTERM ends the loop between polls (a poll is cancellation-safe), so what was
+        // printed is committed below.
+        let records = tokio::select! {
+            records = consumer.poll() => records?,
+            _ = &mut stop => break,
+        };
         if !records.is_empty() {
             last = Instant::now();
         }
@@ -445,46 +515,18 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
                 )?;
                 break 'poll;
             }
-            let key = r
-                .key
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            let value = r
-                .value
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            let line = if json {
-                json!({ "topic": &*r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+            line.clear();
+            if json {
+                let text = json!({ "topic": &*r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
                     "key": r.key.as_deref().map(String::from_utf8_lossy),
                     "value": r.value.as_deref().map(String::from_utf8_lossy),
-                    "headers": r.headers.iter().map(|(k, v)| json!([String::from_utf8_lossy(k), v.as_deref().map(String::from_utf8_lossy)])).collect::<Vec<_>>() })
-                .to_string()
+                    "headers": r.headers.iter().map(|(k, v)| json!([String::from_utf8_lossy(k), v.as_deref().map(String::from_utf8_lossy)])).collect::<Vec<_>>() });
+                line.extend_from_slice(text.to_string().as_bytes());
             } else {
-                let headers: Vec<String> = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        format!(
-                            "{}={}",
-                            String::from_utf8_lossy(k),
-                            v.as_deref()
-                                .map(String::from_utf8_lossy)
-                                .unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                args.format
-                    .replace("{topic}", &r.topic)
-                    .replace("{partition}", &r.partition.to_string())
-                    .replace("{offset}", &r.offset.to_string())
-                    .replace("{timestamp}", &r.timestamp.to_string())
-                    .replace("{key}", &key)
-                    .replace("{headers}", &headers.join(","))
-                    .replace("{value}", &value)
-            };
-            if writeln!(out, "{line}").is_err() {
+                render(&args.format, &r, &mut line);
+            }
+            line.push(b'\n');
+            if out.write_all(&line).is_err() {
                 rewind(
                     &mut consumer,
                     &args.topic,
@@ -499,6 +541,12 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
             }
         }
         let _ = out.flush();
+        // Committed as it goes, so a consumer stopped any way (even killed) repeats at most about
+        // a second of records next time.
+        if args.group.is_some() && committed_at.elapsed() >= AUTO_COMMIT_INTERVAL {
+            consumer.commit().await?;
+            committed_at = Instant::now();
+        }
         if args
             .timeout_ms
             .is_some_and(|t| last.elapsed() >= Duration::from_millis(t))
@@ -511,6 +559,67 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
         consumer.commit().await?;
     }
     Ok(())
+}
+
+/// How often `mlog consume --group` commits what it printed.
+const AUTO_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Resolves on Ctrl-C or SIGTERM (never, if the handlers cannot be installed).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+}
+
+/// Fills a `--format` template for one record: each placeholder once, left to right, with the
+/// record's bytes as they are (a value in any encoding comes out byte for byte, and placeholders
+/// inside a key or value are not expanded again).
+fn render(template: &str, r: &ConsumerRecord, out: &mut Vec<u8>) {
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        out.extend_from_slice(&rest.as_bytes()[..at]);
+        rest = &rest[at..];
+        let Some(close) = rest.find('}') else {
+            break;
+        };
+        match &rest[1..close] {
+            "topic" => out.extend_from_slice(r.topic.as_bytes()),
+            "partition" => out.extend_from_slice(r.partition.to_string().as_bytes()),
+            "offset" => out.extend_from_slice(r.offset.to_string().as_bytes()),
+            "timestamp" => out.extend_from_slice(r.timestamp.to_string().as_bytes()),
+            "key" => out.extend_from_slice(r.key.as_deref().unwrap_or_default()),
+            "value" => out.extend_from_slice(r.value.as_deref().unwrap_or_default()),
+            "headers" => {
+                for (i, (k, v)) in r.headers.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(k);
+                    out.push(b'=');
+                    out.extend_from_slice(v.as_deref().unwrap_or_default());
+                }
+            }
+            // Not a placeholder: the brace is text.
+            _ => {
+                out.push(b'{');
+                rest = &rest[1..];
+                continue;
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    out.extend_from_slice(rest.as_bytes());
 }
 
 /// Moves each partition's position back to the first of `unprinted`, so that a commit covers only
@@ -530,7 +639,7 @@ fn rewind(
     Ok(())
 }
 
-async fn group_offsets(bootstrap: &str, group: &str, json: bool) -> Result<(), ClientError> {
+async fn group_offsets(bootstrap: &str, group: &str, json: bool) -> Result<(), CliError> {
     let mut consumer = Consumer::connect(
         bootstrap,
         ConsumerConfig {
@@ -545,17 +654,17 @@ async fn group_offsets(bootstrap: &str, group: &str, json: bool) -> Result<(), C
             .iter()
             .map(|(t, p, o)| json!({ "topic": t, "partition": p, "offset": o }))
             .collect();
-        println!("{}", json!({ "group": group, "offsets": list }));
+        out!("{}", json!({ "group": group, "offsets": list }));
     } else {
-        println!("{:<40} {:>9} {:>12}", "TOPIC", "PARTITION", "OFFSET");
+        out!("{:<40} {:>9} {:>12}", "TOPIC", "PARTITION", "OFFSET");
         for (t, p, o) in offsets {
-            println!("{t:<40} {p:>9} {o:>12}");
+            out!("{t:<40} {p:>9} {o:>12}");
         }
     }
     Ok(())
 }
 
-async fn cluster_status(bootstrap: &str, json: bool) -> Result<(), ClientError> {
+async fn cluster_status(bootstrap: &str, json: bool) -> Result<(), CliError> {
     let admin = Admin::connect(bootstrap).await?;
     let m = admin.metadata(None).await?;
     if json {
@@ -565,22 +674,22 @@ async fn cluster_status(bootstrap: &str, json: bool) -> Result<(), ClientError> 
             .iter()
             .map(|t| json!({ "name": t.name, "partitions": t.partitions.len() }))
             .collect();
-        println!(
+        out!(
             "{}",
             json!({ "revision": m.revision, "endpoints": endpoints, "topics": topics })
         );
     } else {
-        println!("metadata revision {}", m.revision);
-        println!("{:>5} {:>6} {:<24}", "NODE", "SHARD", "ADDRESS");
+        out!("metadata revision {}", m.revision);
+        out!("{:>5} {:>6} {:<24}", "NODE", "SHARD", "ADDRESS");
         for e in &m.endpoints {
-            println!(
+            out!(
                 "{:>5} {:>6} {:<24}",
                 e.node_id,
                 e.shard,
                 format!("{}:{}", e.host, e.port)
             );
         }
-        println!("{} topics", m.topics.len());
+        out!("{} topics", m.topics.len());
     }
     Ok(())
 }

@@ -297,3 +297,110 @@ fn bad_arguments_and_unreachable_brokers_are_one_line_and_non_zero() {
         .unwrap();
     assert!(completions.status.success() && !completions.stdout.is_empty());
 }
+
+#[test]
+fn consume_prints_bytes_as_stored_and_fills_each_placeholder_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let b = broker.addr();
+    ok(mlog(
+        b,
+        &["topic", "create", "bytes", "--partitions", "1"],
+        b"",
+    ));
+    ok(mlog(
+        b,
+        &["produce", "bytes", "--key-separator", ":"],
+        b"k{value}:caf\xe9\n:\xff\xfe\n",
+    ));
+    let consume = |format: &str| {
+        let out = mlog(
+            b,
+            &[
+                "consume",
+                "bytes",
+                "--from-beginning",
+                "--max-messages",
+                "2",
+                "--timeout-ms",
+                "5000",
+                "--format",
+                format,
+            ],
+            b"",
+        );
+        assert!(out.status.success(), "{:?}", out);
+        out.stdout
+    };
+    assert_eq!(consume("{value}"), b"caf\xe9\n\xff\xfe\n");
+    assert_eq!(
+        consume("{key}={value} {x}"),
+        b"k{value}=caf\xe9 {x}\n=\xff\xfe {x}\n"
+    );
+    // RFC 3339 with any offset: 01:00 at +01:00 is midnight UTC, long before these records.
+    let from_time = mlog(
+        b,
+        &[
+            "consume",
+            "bytes",
+            "--from-time",
+            "2000-01-01T01:00:00+01:00",
+            "--max-messages",
+            "2",
+            "--timeout-ms",
+            "5000",
+        ],
+        b"",
+    );
+    assert_eq!(from_time.stdout, b"caf\xe9\n\xff\xfe\n");
+}
+
+#[test]
+fn usage_errors_are_one_line_and_consume_commits_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let b = broker.addr();
+    for args in [
+        &["topic", "create"][..],
+        &["consume", "t", "--from-time", "yesterday"],
+        &["produce", "t", "--acks", "none", "--print-offsets"],
+    ] {
+        let out = mlog(b, args, b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    ok(mlog(
+        b,
+        &["topic", "create", "tail", "--partitions", "1"],
+        b"",
+    ));
+    ok(mlog(b, &["produce", "tail"], b"a\nb\nc\n"));
+    // No stop condition: it reads until SIGTERM, then commits what it printed.
+    let child = Command::new(env!("CARGO_BIN_EXE_mlog"))
+        .args([
+            "--bootstrap",
+            b,
+            "consume",
+            "tail",
+            "--from-beginning",
+            "--group",
+            "g",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"a\nb\nc\n");
+    let offsets: serde_json::Value =
+        serde_json::from_str(&ok(mlog(b, &["group", "offsets", "g", "-o", "json"], b""))).unwrap();
+    assert_eq!(offsets["offsets"][0]["offset"], 3, "{offsets}");
+}
