@@ -95,14 +95,15 @@ struct Opts {
     /// Messages to send (or read) in all, after the warm-up.
     #[arg(long, global = true)]
     messages: Option<u64>,
-    /// Seconds to run, after the warm-up (default when --messages is absent: 10).
-    #[arg(long, global = true)]
+    /// Seconds to run, after the warm-up (default when --messages is absent: 10; at most a year).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(..=MAX_SECONDS))]
     duration: Option<u64>,
     /// Target messages per second over all producers (latency under load); unlimited when absent.
     #[arg(long, global = true)]
     rate: Option<u64>,
-    /// Seconds of warm-up whose records are not counted.
-    #[arg(long, global = true, default_value_t = 1)]
+    /// Seconds of warm-up whose records are not counted (at most a year).
+    #[arg(long, global = true, default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(..=MAX_SECONDS))]
     warmup: u64,
     /// Records each producer may have unacknowledged.
     #[arg(long, global = true, default_value_t = 2048)]
@@ -122,6 +123,9 @@ struct Stats {
     /// measured up to it, not up to when the workers noticed they were done.
     last_ns: AtomicU64,
 }
+
+/// Longest `--duration` or `--warmup`: keeps every deadline computed from them representable.
+const MAX_SECONDS: u64 = 365 * 24 * 3600;
 
 impl Stats {
     fn count(&self, bytes: usize, measure_from: Instant) {
@@ -205,19 +209,9 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
             }
         })
     };
-    let mut workers = Vec::new();
-    if mode != Mode::Consume {
-        for i in 0..opts.producers {
-            workers.push(tokio::spawn(produce_worker(
-                opts.clone(),
-                stats.clone(),
-                window,
-                per_producer(i as u64),
-                mode == Mode::Produce,
-            )));
-        }
-    }
     let mut consumers = Vec::new();
+    // e2e: the consumers' barrier, which the producers wait for too.
+    let mut assigned = None;
     if mode != Mode::Produce {
         let expected = opts.messages;
         let assignments: Vec<Vec<u32>> = (0..opts.consumers.max(1))
@@ -228,9 +222,12 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
             })
             .filter(|mine| !mine.is_empty())
             .collect();
-        // Consume mode: every consumer starts the clock once all are connected and assigned.
-        let ready =
-            (mode == Mode::Consume).then(|| Arc::new(tokio::sync::Barrier::new(assignments.len())));
+        // Every consumer waits until all are connected and assigned: in consume mode they then
+        // start the clock; in e2e mode the producers start only then too (e2e consumers start at
+        // the log end, so they would miss records sent before).
+        let waiting = assignments.len() + usize::from(mode == Mode::E2e);
+        let ready = Arc::new(tokio::sync::Barrier::new(waiting));
+        assigned = (mode == Mode::E2e).then(|| ready.clone());
         for mine in assignments {
             consumers.push(tokio::spawn(consume_worker(
                 opts.clone(),
@@ -240,6 +237,22 @@ async fn run(mode: Mode, opts: Opts) -> Result<(), ClientError> {
                 expected,
                 mode,
                 ready.clone(),
+            )));
+        }
+    }
+    if let Some(ready) = assigned {
+        // Bounded: a consumer that failed to connect never arrives (its error is reported below).
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready.wait()).await;
+    }
+    let mut workers = Vec::new();
+    if mode != Mode::Consume {
+        for i in 0..opts.producers {
+            workers.push(tokio::spawn(produce_worker(
+                opts.clone(),
+                stats.clone(),
+                window,
+                per_producer(i as u64),
+                mode == Mode::Produce,
             )));
         }
     }
@@ -587,7 +600,7 @@ async fn consume_worker(
     window: Window,
     expected: Option<u64>,
     mode: Mode,
-    ready: Option<Arc<tokio::sync::Barrier>>,
+    ready: Arc<tokio::sync::Barrier>,
 ) -> Result<Histogram<u64>, ClientError> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -607,11 +620,11 @@ async fn consume_worker(
     let mut consumer = Consumer::connect(&opts.bootstrap, config).await?;
     consumer.assign(&opts.topic, Some(partitions)).await?;
     let mut window = window;
-    if let Some(ready) = ready {
+    // Bounded: a consumer that failed to connect never arrives.
+    let _ = tokio::time::timeout(Duration::from_secs(30), ready.wait()).await;
+    if mode == Mode::Consume {
         // Consume throughput counts from when every consumer is connected and assigned, not from
         // before the connections were made.
-        // Bounded: a consumer that failed to connect never arrives.
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready.wait()).await;
         let now = Instant::now();
         // A `--duration` window keeps its length.
         window.until = window
@@ -645,6 +658,10 @@ async fn consume_worker(
         }
         let arrived = now_ns();
         for r in records {
+            // The rest of a poll past `--messages` is not counted.
+            if expected.is_some_and(|e| stats.messages.load(Ordering::Relaxed) >= e) {
+                break;
+            }
             if mode != Mode::E2e && Instant::now() < window.from {
                 continue;
             }

@@ -26,6 +26,10 @@ fn produce_consume_and_e2e_report_json() {
             "0",
         ],
         vec!["consume", "--messages", "2000", "--warmup", "0"],
+        // Fewer than stored: exactly that many, not the rest of the last poll too.
+        vec!["consume", "--messages", "500", "--warmup", "0"],
+        // No warm-up: the consumers are assigned before the producers start, so none is missed.
+        vec!["e2e", "--messages", "2000", "--warmup", "0"],
         vec![
             "produce",
             "--duration",
@@ -71,12 +75,10 @@ fn produce_consume_and_e2e_report_json() {
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let messages = v["messages"].as_u64().unwrap();
-        match args[..2] {
+        match args[..3] {
             // Exactly the count asked for, and the rate asked for (the schedule is 2000 in 1 s).
-            ["produce" | "e2e", "--messages"] | ["consume", _] => {
-                assert_eq!(messages, 2000, "{v}")
-            }
-            ["produce", "--duration"] => assert!((1000..=2001).contains(&messages), "{v}"),
+            [_, "--messages", count] => assert_eq!(messages.to_string(), count, "{v}"),
+            ["produce", "--duration", _] => assert!((1000..=2001).contains(&messages), "{v}"),
             _ => assert!(messages > 0, "{args:?}: {v}"),
         }
         assert!(v["throughput_mb_s"].as_f64().unwrap() > 0.0);
@@ -86,5 +88,17 @@ fn produce_consume_and_e2e_report_json() {
         if args[0] != "consume" {
             assert!(v["latency_us"]["max"].as_u64().unwrap() > 0);
         }
+    }
+}
+
+#[test]
+fn out_of_range_durations_are_refused_not_a_panic() {
+    for flag in ["--warmup", "--duration"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mlog-bench"))
+            .args(["produce", flag, "18446744073709551615"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     }
 }
