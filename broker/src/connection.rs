@@ -67,10 +67,14 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
                 let frame = buf.split_to(n);
                 own_buffer = false;
                 pieces.clear();
-                if dispatch::handle(&ctx, frame, &mut pieces).await == dispatch::After::Close {
-                    tracing::warn!(shard = ctx.id(), %peer, "closing connection: a produce with acks=0 failed");
-                    return;
-                }
+                let unfinished = match dispatch::handle(&ctx, frame, &mut pieces).await {
+                    dispatch::After::Continue => None,
+                    dispatch::After::Unfinished(appends) => Some(appends),
+                    dispatch::After::Close => {
+                        tracing::warn!(shard = ctx.id(), %peer, "closing connection: a produce with acks=0 failed");
+                        return;
+                    }
+                };
                 match write_response(&mut stream, &pieces).await {
                     Written::Whole => {}
                     Written::Failed => return,
@@ -79,10 +83,15 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
                         return;
                     }
                 }
+                pieces.clear();
+                // Appends the answer stopped waiting for end before the next request is read (their
+                // batches still hold the frame's memory).
+                if let Some(appends) = unfinished {
+                    appends.finish().await;
+                }
                 // Release the response's buffers (cache entries, DMA reads) before waiting for the
                 // next request, and the frame's request memory (what of it stays alive, batches in
                 // the batch cache, that cache's own bound covers).
-                pieces.clear();
                 memory = None;
                 if ctx.stopping() {
                     return;

@@ -44,13 +44,37 @@ impl Piece {
 }
 
 /// What the connection does after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum After {
     /// Send `pieces` (none for an acks=0 Produce) and read the next request.
     Continue,
     /// Close the connection: an acks=0 Produce failed, and it has no response to carry the error
     /// (Kafka does the same, so that the client learns something went wrong).
     Close,
+    /// Send `pieces`, then finish these appends before reading the next request.
+    Unfinished(Unfinished),
+}
+
+/// Appends an acks=all produce stopped waiting for when its `timeout_ms` passed (it was answered
+/// `RequestTimedOut`, and they go on). The connection finishes them before its next request, so a
+/// client cannot pile up work, and the frames it holds, faster than the logs take it. Dropped
+/// unfinished (the connection ended), they go on in the background.
+pub(crate) struct Unfinished(Vec<glommio::Task<Vec<Produced>>>);
+
+impl Unfinished {
+    pub(crate) async fn finish(mut self) {
+        while let Some(task) = self.0.last_mut() {
+            task.await;
+            self.0.pop();
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        for task in self.0.drain(..) {
+            task.detach();
+        }
+    }
 }
 
 /// Handles one whole request frame, appending the response frame (if any) to `pieces`. The frame is
@@ -179,7 +203,7 @@ async fn serve_api(
                 (req.acks, req.timeout_ms, parts)
             };
             let items = split_records(frame, parts);
-            let resp = produce(shard, acks, timeout_ms, items).await;
+            let (resp, unfinished) = produce(shard, acks, timeout_ms, items).await;
             if acks == 0 {
                 let failed = resp
                     .topics
@@ -193,6 +217,9 @@ async fn serve_api(
                 });
             }
             encode_response(out, id, &resp);
+            if !unfinished.is_empty() {
+                return Ok(After::Unfinished(Unfinished(unfinished)));
+            }
         }
         ApiKey::Fetch => {
             let req = decode_request_body::<FetchRequest>(body, "FetchRequest")?;
@@ -448,7 +475,7 @@ async fn produce(
     acks_field: i8,
     timeout_ms: u32,
     items: Vec<ProduceItem>,
-) -> ProduceResponse {
+) -> (ProduceResponse, Vec<glommio::Task<Vec<Produced>>>) {
     let failed = |error| Produced {
         error,
         base_offset: -1,
@@ -460,6 +487,7 @@ async fn produce(
         .map(|i| (i.topic.clone(), i.partition))
         .collect();
     let mut results = Vec::new();
+    let mut unfinished = Vec::new();
     let mut groups: BTreeMap<usize, (Vec<usize>, Vec<ProduceItem>)> = BTreeMap::new();
     for item in items {
         let index = results.len();
@@ -499,8 +527,8 @@ async fn produce(
             })
             .collect();
         // With acks=all, `timeout_ms` bounds the wait for durability; appends still under way when
-        // it passes complete in the background (as in Kafka, a timeout does not mean "not
-        // written"). Other acks levels wait for the append only, however long it takes.
+        // it passes go on (as in Kafka, a timeout does not mean "not written"), and the connection
+        // waits for them before its next request (`After::ContinueAfter`). Other acks levels wait for the append only, however long it takes.
         let timeout_ms = if acks == Acks::All {
             timeout_ms as u64
         } else {
@@ -521,7 +549,7 @@ async fn produce(
                     }
                 }
                 None => {
-                    task.detach();
+                    unfinished.push(task);
                     for i in indexes {
                         results[i] = failed(ErrorCode::RequestTimedOut);
                     }
@@ -546,7 +574,7 @@ async fn produce(
             }),
         }
     }
-    ProduceResponse { topics }
+    (ProduceResponse { topics }, unfinished)
 }
 
 /// One partition's answer to a fetch, before encoding.

@@ -133,6 +133,8 @@ fn run(args: &Args) -> Result<i32, String> {
     );
 
     let stopping = Arc::new(AtomicBool::new(false));
+    // Shards still serving client connections: none closes its partitions before this is 0.
+    let serving = Arc::new(std::sync::atomic::AtomicUsize::new(config.shards));
     let (events_tx, events) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -161,6 +163,7 @@ fn run(args: &Args) -> Result<i32, String> {
             endpoints.clone(),
             producer_ids.clone(),
             stopping.clone(),
+            serving.clone(),
             bound_tx,
         )
         .map_err(|e| format!("starting shard {id}: {e}"))?;

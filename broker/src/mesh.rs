@@ -26,6 +26,8 @@ use crate::topics::TopicTable;
 
 /// Messages in flight per pair of shards before senders wait.
 pub(crate) const CHANNEL_CAPACITY: usize = 256;
+/// How long, once the broker stops, a call waits for a peer that does not answer (see `call`).
+const STOPPED_PEER_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An operation one shard asks another to run.
 #[derive(Debug)]
@@ -194,7 +196,9 @@ impl Mesh {
             if let Some(reply) = self.take(id) {
                 return Ok(reply);
             }
-            // A stopping peer may exit without answering: stop waiting once the broker stops.
+            // A running peer always answers: shards serve each other until every shard's
+            // connections are finished (`shard::spawn`). Only a peer that failed and exited never
+            // does: given up on once the broker has been stopping for `STOPPED_PEER_GRACE`.
             let stopped = futures_lite::future::or(
                 async {
                     listener.await;
@@ -202,6 +206,7 @@ impl Mesh {
                 },
                 async {
                     shard.until_stopping().await;
+                    glommio::timer::sleep(STOPPED_PEER_GRACE).await;
                     true
                 },
             )

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ use crate::topics::{self, TopicRecord, TopicTable};
 
 /// How often idle loops look at the stop flag.
 pub(crate) const STOP_POLL: Duration = Duration::from_millis(50);
+/// Longest a stopping shard waits for the others to finish their connections (a shard that failed
+/// to start never reports).
+const ALL_SERVED_GRACE: Duration = Duration::from_secs(30);
 /// The shard that changes the topic table.
 pub(crate) const CONTROLLER: usize = 0;
 
@@ -44,6 +47,8 @@ pub(crate) type PartitionKey = (String, u32);
 pub(crate) struct Shard {
     pub config: BrokerConfig,
     pub stopping: Arc<AtomicBool>,
+    /// Shards still serving client connections (see `spawn`).
+    serving: Arc<AtomicUsize>,
     pub mesh: Mesh,
     /// Each shard's own listener, by shard (mesh) id, as the shards report them.
     pub endpoints: Endpoints,
@@ -77,6 +82,18 @@ impl Shard {
     /// that must end at shutdown.
     pub(crate) async fn until_stopping(&self) {
         while !self.stopping() {
+            glommio::timer::sleep(STOP_POLL).await;
+        }
+    }
+
+    /// Marks this shard's connections finished, then waits (at most `ALL_SERVED_GRACE`) until every
+    /// shard's are: until then another shard may forward a request here, which must find the
+    /// partitions open and be answered by what it did (an answer of "stopping" for a request that
+    /// was stored would have a client resend it).
+    async fn wait_until_no_shard_serves(&self) {
+        self.serving.fetch_sub(1, Ordering::AcqRel);
+        let deadline = std::time::Instant::now() + ALL_SERVED_GRACE;
+        while self.serving.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
             glommio::timer::sleep(STOP_POLL).await;
         }
     }
@@ -620,6 +637,7 @@ pub(crate) fn spawn(
     endpoints: Endpoints,
     producer_ids: Arc<ProducerIds>,
     stopping: Arc<AtomicBool>,
+    serving: Arc<AtomicUsize>,
     bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -685,6 +703,7 @@ pub(crate) fn spawn(
             let shard = Rc::new(Shard {
                 config,
                 stopping,
+                serving,
                 mesh,
                 endpoints,
                 producer_ids,
@@ -707,6 +726,11 @@ pub(crate) fn spawn(
                 spawn_retention(shard.clone());
                 futures_lite::future::zip(serve(listener, shard.clone()), serve(own, shard.clone())).await;
             }
+            shard.wait_until_no_shard_serves().await;
+            // No table is applied from here on: one in progress ends first, later ones are refused
+            // (one would reopen partitions drained below, and leave them unclosed).
+            let _applying = shard.apply_lock.acquire_permit(1).await;
+            shard.apply_lock.close();
             let partitions: Vec<(PartitionKey, Rc<Partition>)> = shard.partitions.borrow_mut().drain().collect();
             for (key, p) in partitions {
                 // A produce request still appending (one forwarded from another shard may be) ends

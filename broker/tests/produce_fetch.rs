@@ -1142,3 +1142,30 @@ fn a_peer_that_does_not_read_its_answer_is_cut_off_and_others_are_served() {
     api_versions_ok(&mut s, 8);
     assert_eq!(broker.terminate(), 0);
 }
+
+#[test]
+fn a_timed_out_produce_is_appended_before_its_connection_reads_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut s = broker.connect();
+    assert_eq!(create(&mut s, "late", 1, &[]).error, ErrorCode::None);
+    for round in 0..20i64 {
+        // timeout_ms 0: answered at once (RequestTimedOut unless the append won the race), while
+        // the append and its fdatasync go on.
+        let mut req = produce_request("late", 0, -1, &[]);
+        let records = batch("r", 1, 0);
+        req.topics[0].partitions[0].records = mlog_wire::protocol::RawBytes(&records);
+        req.timeout_ms = 0;
+        let r: ProduceResponse = call(&mut s, ApiKey::Produce, 30, &req);
+        let error = r.topics[0].partitions[0].error;
+        assert!(
+            matches!(error, ErrorCode::None | ErrorCode::RequestTimedOut),
+            "{error}"
+        );
+        // The next request on the connection is read only once that append is done: the record
+        // is there, committed.
+        let (error, high_watermark, _) = fetch(&mut s, "late", 0, round, 0, 0);
+        assert_eq!((error, high_watermark), (ErrorCode::None, round + 1));
+    }
+    assert_eq!(broker.terminate(), 0);
+}
