@@ -130,6 +130,25 @@ const MAX_SECONDS: u64 = 365 * 24 * 3600;
 impl Stats {
     fn count(&self, bytes: usize, measure_from: Instant) {
         self.messages.fetch_add(1, Ordering::Relaxed);
+        self.count_bytes(bytes, measure_from);
+    }
+
+    /// Counts a record unless `limit` are counted already (consumers racing for the last ones
+    /// never count more).
+    fn count_up_to(&self, limit: u64, bytes: usize, measure_from: Instant) -> bool {
+        let counted = self
+            .messages
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                (m < limit).then_some(m + 1)
+            })
+            .is_ok();
+        if counted {
+            self.count_bytes(bytes, measure_from);
+        }
+        counted
+    }
+
+    fn count_bytes(&self, bytes: usize, measure_from: Instant) {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         let ns = measure_from.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         self.last_ns.fetch_max(ns, Ordering::Relaxed);
@@ -658,23 +677,27 @@ async fn consume_worker(
         }
         let arrived = now_ns();
         for r in records {
-            // The rest of a poll past `--messages` is not counted.
-            if expected.is_some_and(|e| stats.messages.load(Ordering::Relaxed) >= e) {
-                break;
-            }
             if mode != Mode::E2e && Instant::now() < window.from {
                 continue;
             }
             let value = r.value.unwrap_or_default();
-            if mode == Mode::E2e && value.len() >= 8 {
-                let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
-                // Records sent during the warm-up, or after the window, are not measured.
-                if sent < window.from_wall_ns || window.until_wall_ns.is_some_and(|u| sent >= u) {
-                    continue;
-                }
-                h.saturating_record((arrived.saturating_sub(sent) / 1000).max(1));
+            let sent = (mode == Mode::E2e && value.len() >= 8)
+                .then(|| u64::from_be_bytes(value[..8].try_into().unwrap_or_default()));
+            // Records sent during the warm-up, or after the window, are not measured.
+            if sent.is_some_and(|t| {
+                t < window.from_wall_ns || window.until_wall_ns.is_some_and(|u| t >= u)
+            }) {
+                continue;
             }
-            stats.count(value.len(), window.from);
+            // The rest of a poll past `--messages` is not counted.
+            match expected {
+                Some(e) if !stats.count_up_to(e, value.len(), window.from) => break,
+                Some(_) => {}
+                None => stats.count(value.len(), window.from),
+            }
+            if let Some(t) = sent {
+                h.saturating_record((arrived.saturating_sub(t) / 1000).max(1));
+            }
         }
     }
     Ok(h)

@@ -47,6 +47,13 @@ pub struct BrokerConfig {
     /// each open partition costs file descriptors, index maps and buffers, so CreateTopics refuses
     /// to go past `shards` times this (as Redpanda's `topic_partitions_per_shard`).
     pub max_partitions_per_shard: u32,
+    /// A large frame (one that holds request memory) must arrive, and every answer must be taken,
+    /// within this many milliseconds plus its size at `slow_peer_min_bytes_per_sec`, or the
+    /// connection is closed: peers that send or read slowly (or never) cannot keep the shard's
+    /// memory for as long as they like.
+    pub slow_peer_grace_ms: u64,
+    /// See `slow_peer_grace_ms`.
+    pub slow_peer_min_bytes_per_sec: u64,
 }
 
 impl Default for BrokerConfig {
@@ -63,6 +70,8 @@ impl Default for BrokerConfig {
             shard_slice_us: 300,
             io_memory_bytes: 2 << 20,
             max_partitions_per_shard: 1000,
+            slow_peer_grace_ms: 30_000,
+            slow_peer_min_bytes_per_sec: 256 << 10,
         }
     }
 }
@@ -82,6 +91,8 @@ struct FileConfig {
     shard_slice_us: Option<u64>,
     io_memory_bytes: Option<usize>,
     max_partitions_per_shard: Option<u32>,
+    slow_peer_grace_ms: Option<u64>,
+    slow_peer_min_bytes_per_sec: Option<u64>,
 }
 
 /// Command line (each flag also reads its `MLOG_*` environment variable).
@@ -95,7 +106,7 @@ struct FileConfig {
 pub struct Args {
     /// TOML configuration file (keys: listen, data_dir, shards, shard_port_base, max_frame_bytes,
     /// max_request_memory_bytes, retention_check_ms, spin_before_park_us, shard_slice_us,
-    /// io_memory_bytes, max_partitions_per_shard).
+    /// io_memory_bytes, max_partitions_per_shard, slow_peer_grace_ms, slow_peer_min_bytes_per_sec).
     #[arg(long, env = "MLOG_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9092].
@@ -132,6 +143,13 @@ pub struct Args {
     /// Most partitions per shard, all topics together [default: 1000].
     #[arg(long, env = "MLOG_MAX_PARTITIONS_PER_SHARD")]
     pub max_partitions_per_shard: Option<u32>,
+    /// Milliseconds a large frame or an answer may take beyond its size at
+    /// --slow-peer-min-bytes-per-sec before the connection is closed [default: 30000].
+    #[arg(long, env = "MLOG_SLOW_PEER_GRACE_MS")]
+    pub slow_peer_grace_ms: Option<u64>,
+    /// Slowest transfer of a large frame or an answer, in bytes per second [default: 262144].
+    #[arg(long, env = "MLOG_SLOW_PEER_MIN_BYTES_PER_SEC")]
+    pub slow_peer_min_bytes_per_sec: Option<u64>,
 }
 
 /// Why the configuration cannot be used.
@@ -159,6 +177,14 @@ pub enum ConfigError {
 }
 
 impl BrokerConfig {
+    /// How long a peer may take to send a large frame or take an answer of `bytes`.
+    pub fn slow_peer_allowance(&self, bytes: usize) -> std::time::Duration {
+        std::time::Duration::from_millis(self.slow_peer_grace_ms)
+            + std::time::Duration::from_secs_f64(
+                bytes as f64 / self.slow_peer_min_bytes_per_sec as f64,
+            )
+    }
+
     /// Merges defaults, the file named by `args.config`, and the flags/environment in `args`.
     pub fn load(args: &Args) -> Result<BrokerConfig, ConfigError> {
         let file = match &args.config {
@@ -203,6 +229,14 @@ impl BrokerConfig {
                 .max_partitions_per_shard
                 .or(file.max_partitions_per_shard)
                 .unwrap_or(d.max_partitions_per_shard),
+            slow_peer_grace_ms: args
+                .slow_peer_grace_ms
+                .or(file.slow_peer_grace_ms)
+                .unwrap_or(d.slow_peer_grace_ms),
+            slow_peer_min_bytes_per_sec: args
+                .slow_peer_min_bytes_per_sec
+                .or(file.slow_peer_min_bytes_per_sec)
+                .unwrap_or(d.slow_peer_min_bytes_per_sec),
         };
         config.validate()?;
         Ok(config)
@@ -234,6 +268,11 @@ impl BrokerConfig {
         if self.max_request_memory_bytes < self.max_frame_bytes {
             return Err(ConfigError::Invalid(
                 "max_request_memory_bytes must be at least max_frame_bytes",
+            ));
+        }
+        if self.slow_peer_min_bytes_per_sec == 0 {
+            return Err(ConfigError::Invalid(
+                "slow_peer_min_bytes_per_sec must be at least 1",
             ));
         }
         if self.max_partitions_per_shard == 0 {

@@ -11,13 +11,14 @@
 //! (`max_request_memory_bytes`) before its buffer exists, and gives it back once it is answered; a
 //! connection whose frame does not fit stops reading until others' frames are served. So the
 //! frames a shard buffers are bounded over all its connections, not only per connection. A frame
-//! that holds request memory must arrive, and every response must be taken, within 10 s plus 1 s
-//! per MiB, or the connection is closed, so that peers sending large frames or reading answers
+//! that holds request memory must arrive, and every response must be taken, within
+//! `slow_peer_grace_ms` plus its size at `slow_peer_min_bytes_per_sec` (30 s plus 4 s per MiB by
+//! default), or the connection is closed, so that peers sending large frames or reading answers
 //! slowly (or never) cannot hold memory for as long as they like.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use futures_lite::future;
@@ -39,12 +40,6 @@ pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a stopping broker waits for a half-received frame.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-/// A frame that holds request memory must arrive, and every response must be taken, within this
-/// grace plus its size at `FRAME_MIN_BYTES_PER_SEC`, or the connection is closed: a peer that sends
-/// large frames or reads large answers slowly (or never) would otherwise keep the shard's memory
-/// for as long as it likes.
-const FRAME_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-const FRAME_MIN_BYTES_PER_SEC: f64 = (1 << 20) as f64;
 
 pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
     let peer = stream
@@ -75,7 +70,7 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
                         return;
                     }
                 };
-                match write_response(&mut stream, &pieces).await {
+                match write_response(&mut stream, &pieces, &ctx).await {
                     Written::Whole => {}
                     Written::Failed => return,
                     Written::TooSlowly => {
@@ -116,16 +111,18 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<Shard>) {
 enum Written {
     Whole,
     Failed,
-    /// Not within `FRAME_GRACE` plus its size at `FRAME_MIN_BYTES_PER_SEC`: a peer reading slowly
-    /// would otherwise keep the response's buffers (up to half a frame of fetched data) alive for
-    /// as long as it likes.
+    /// Not within `BrokerConfig::slow_peer_allowance`: a peer reading slowly would otherwise keep
+    /// the response's buffers (up to half a frame of fetched data) alive for as long as it likes.
     TooSlowly,
 }
 
 /// Writes a response's pieces.
-async fn write_response(stream: &mut TcpStream, pieces: &[dispatch::Piece]) -> Written {
+async fn write_response(
+    stream: &mut TcpStream,
+    pieces: &[dispatch::Piece],
+    ctx: &Shard,
+) -> Written {
     let total: usize = pieces.iter().map(|p| p.bytes().len()).sum();
-    let allowed = FRAME_GRACE.as_secs_f64() + total as f64 / FRAME_MIN_BYTES_PER_SEC;
     let write = async {
         for piece in pieces {
             stream.write_all(piece.bytes()).await?;
@@ -140,7 +137,7 @@ async fn write_response(stream: &mut TcpStream, pieces: &[dispatch::Piece]) -> W
             }
         },
         async {
-            glommio::timer::sleep(Duration::from_secs_f64(allowed)).await;
+            glommio::timer::sleep(ctx.config.slow_peer_allowance(total)).await;
             Written::TooSlowly
         },
     )
@@ -178,8 +175,8 @@ async fn read_more(
                 let Some(permit) = granted else {
                     return false;
                 };
-                let allowed = FRAME_GRACE.as_secs_f64() + total as f64 / FRAME_MIN_BYTES_PER_SEC;
-                *memory = Some((permit, Instant::now() + Duration::from_secs_f64(allowed)));
+                let allowed = ctx.config.slow_peer_allowance(total);
+                *memory = Some((permit, Instant::now() + allowed));
                 let mut own = BytesMut::with_capacity(total);
                 own.extend_from_slice(buf);
                 *buf = own;

@@ -4,7 +4,7 @@
 //! (an unknown API or version is still answered: the body's layout, and so `acks`, is unknown).
 //! Nothing here panics on input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -217,8 +217,8 @@ async fn serve_api(
                 });
             }
             encode_response(out, id, &resp);
-            if !unfinished.is_empty() {
-                return Ok(After::Unfinished(Unfinished(unfinished)));
+            if !unfinished.0.is_empty() {
+                return Ok(After::Unfinished(unfinished));
             }
         }
         ApiKey::Fetch => {
@@ -352,18 +352,19 @@ async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest) -> OffsetFetch
     // Each partition once: a request naming one partition many times must not make an answer
     // many times its size.
     let wanted = req.topics.map(|ts| {
-        let mut seen = std::collections::HashSet::new();
         let mut wanted: Vec<(String, Vec<u32>)> = Vec::new();
+        // Per topic name: its place in `wanted` and the partitions already in it.
+        let mut seen: HashMap<String, (usize, HashSet<u32>)> = HashMap::new();
         for t in ts {
-            let fresh: Vec<u32> = t
-                .partitions
-                .into_iter()
-                .filter(|p| seen.insert((t.name.clone(), *p)))
-                .collect();
-            match wanted.iter_mut().find(|(name, _)| *name == t.name) {
-                Some((_, partitions)) => partitions.extend(fresh),
-                None => wanted.push((t.name, fresh)),
+            let next = wanted.len();
+            let (at, partitions) = seen
+                .entry(t.name.clone())
+                .or_insert_with(|| (next, HashSet::new()));
+            if *at == next {
+                wanted.push((t.name, Vec::new()));
             }
+            let fresh = t.partitions.into_iter().filter(|p| partitions.insert(*p));
+            wanted[*at].1.extend(fresh);
         }
         wanted
     });
@@ -475,7 +476,7 @@ async fn produce(
     acks_field: i8,
     timeout_ms: u32,
     items: Vec<ProduceItem>,
-) -> (ProduceResponse, Vec<glommio::Task<Vec<Produced>>>) {
+) -> (ProduceResponse, Unfinished) {
     let failed = |error| Produced {
         error,
         base_offset: -1,
@@ -487,7 +488,7 @@ async fn produce(
         .map(|i| (i.topic.clone(), i.partition))
         .collect();
     let mut results = Vec::new();
-    let mut unfinished = Vec::new();
+    let mut unfinished = Unfinished(Vec::new());
     let mut groups: BTreeMap<usize, (Vec<usize>, Vec<ProduceItem>)> = BTreeMap::new();
     for item in items {
         let index = results.len();
@@ -528,7 +529,7 @@ async fn produce(
             .collect();
         // With acks=all, `timeout_ms` bounds the wait for durability; appends still under way when
         // it passes go on (as in Kafka, a timeout does not mean "not written"), and the connection
-        // waits for them before its next request (`After::ContinueAfter`). Other acks levels wait for the append only, however long it takes.
+        // waits for them before its next request (`After::Unfinished`). Other acks levels wait for the append only, however long it takes.
         let timeout_ms = if acks == Acks::All {
             timeout_ms as u64
         } else {
@@ -549,7 +550,7 @@ async fn produce(
                     }
                 }
                 None => {
-                    unfinished.push(task);
+                    unfinished.0.push(task);
                     for i in indexes {
                         results[i] = failed(ErrorCode::RequestTimedOut);
                     }
@@ -918,7 +919,7 @@ fn metadata(shard: &Shard, req: MetadataRequest) -> MetadataResponse {
         // Each topic once: a request naming one topic many times must not make an answer many
         // times its size.
         Some(mut names) => {
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = HashSet::new();
             names.retain(|n| seen.insert(n.clone()));
             names
         }

@@ -191,6 +191,8 @@ impl Mesh {
             self.pending.borrow_mut().remove(&id);
             return Err(format!("shard {peer} is gone"));
         }
+        // When to stop waiting: set once the broker stops (see below), never moved after.
+        let mut give_up_at: Option<Instant> = None;
         loop {
             let listener = self.arrived.listen();
             if let Some(reply) = self.take(id) {
@@ -199,19 +201,27 @@ impl Mesh {
             // A running peer always answers: shards serve each other until every shard's
             // connections are finished (`shard::spawn`). Only a peer that failed and exited never
             // does: given up on once the broker has been stopping for `STOPPED_PEER_GRACE`.
-            let stopped = futures_lite::future::or(
+            if give_up_at.is_none() && shard.stopping() {
+                give_up_at = Some(Instant::now() + STOPPED_PEER_GRACE);
+            }
+            let woken_by_reply = futures_lite::future::or(
                 async {
                     listener.await;
-                    false
+                    true
                 },
                 async {
-                    shard.until_stopping().await;
-                    glommio::timer::sleep(STOPPED_PEER_GRACE).await;
-                    true
+                    match give_up_at {
+                        Some(at) => {
+                            glommio::timer::sleep(at.saturating_duration_since(Instant::now()))
+                                .await
+                        }
+                        None => shard.until_stopping().await,
+                    }
+                    false
                 },
             )
             .await;
-            if stopped {
+            if !woken_by_reply && give_up_at.is_some_and(|at| Instant::now() >= at) {
                 return self
                     .take(id)
                     .ok_or_else(|| format!("shard {peer} did not answer: stopping"));

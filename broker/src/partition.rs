@@ -168,7 +168,7 @@ impl Partition {
                             // its batch, too): the client is told nothing was stored, so nothing
                             // may be (a retry would duplicate it).
                             if let Err(undo) = self.log.truncate_suffix(start).await {
-                                tracing::error!(error = %undo, "rolling back a partial produce failed");
+                                tracing::error!(error = %undo, "rolling back a partial produce failed; the partition refuses writes until the broker restarts");
                             }
                         }
                         return fail(storage_error_code(&e));
@@ -339,13 +339,15 @@ impl Partition {
         for batch in snapshot {
             self.log.append(batch).await.map_err(|e| e.to_string())?;
         }
+        // Counted as done before the rest may fail: a failing step is tried again only after
+        // another table's worth of commits, not at every commit.
+        groups.borrow_mut().compacted_upto = self.log.log_end_offset();
         self.log.flush().await.map_err(|e| e.to_string())?;
         let deleted = self
             .log
             .delete_before(from)
             .await
             .map_err(|e| e.to_string())?;
-        groups.borrow_mut().compacted_upto = self.log.log_end_offset();
         tracing::info!(
             entries = groups.borrow().len(),
             segments_deleted = deleted,

@@ -86,12 +86,12 @@ impl Shard {
         }
     }
 
-    /// Marks this shard's connections finished, then waits (at most `ALL_SERVED_GRACE`) until every
-    /// shard's are: until then another shard may forward a request here, which must find the
-    /// partitions open and be answered by what it did (an answer of "stopping" for a request that
-    /// was stored would have a client resend it).
-    async fn wait_until_no_shard_serves(&self) {
-        self.serving.fetch_sub(1, Ordering::AcqRel);
+    /// Marks this shard's connections finished (`token`), then waits (at most `ALL_SERVED_GRACE`)
+    /// until every shard's are: until then another shard may forward a request here, which must
+    /// find the partitions open and be answered by what it did (an answer of "stopping" for a
+    /// request that was stored would have a client resend it).
+    async fn wait_until_no_shard_serves(&self, token: ServingToken) {
+        drop(token);
         let deadline = std::time::Instant::now() + ALL_SERVED_GRACE;
         while self.serving.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
             glommio::timer::sleep(STOP_POLL).await;
@@ -649,6 +649,9 @@ pub(crate) fn spawn(
     }
     let slice_us = config.shard_slice_us;
     std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
+        // Counted as serving until its connections are done, or until the thread ends for any
+        // reason (a shard that fails must not keep the others waiting at shutdown).
+        let token = ServingToken(serving.clone());
         if slice_us > 0 {
             if let Err(e) = request_time_slice(slice_us) {
                 tracing::warn!(shard = index, error = %e, "could not set the shard's time slice");
@@ -726,7 +729,7 @@ pub(crate) fn spawn(
                 spawn_retention(shard.clone());
                 futures_lite::future::zip(serve(listener, shard.clone()), serve(own, shard.clone())).await;
             }
-            shard.wait_until_no_shard_serves().await;
+            shard.wait_until_no_shard_serves(token).await;
             // No table is applied from here on: one in progress ends first, later ones are refused
             // (one would reopen partitions drained below, and leave them unclosed).
             let _applying = shard.apply_lock.acquire_permit(1).await;
@@ -745,6 +748,15 @@ pub(crate) fn spawn(
             }
         });
     })
+}
+
+/// One shard counted in `Shard::serving` while it lives.
+struct ServingToken(Arc<AtomicUsize>);
+
+impl Drop for ServingToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Asks the scheduler for a `us`-microsecond time slice for the calling thread (EEVDF's custom

@@ -1063,10 +1063,23 @@ fn a_resent_idempotent_batch_is_stored_once_even_across_a_kill_9() {
 #[test]
 fn a_peer_that_does_not_read_its_answer_is_cut_off_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
+    // Answers must be taken within 2 s plus 1 s per MiB.
+    let broker = Broker::start(
+        dir.path(),
+        &[
+            "--slow-peer-grace-ms",
+            "2000",
+            "--slow-peer-min-bytes-per-sec",
+            "1048576",
+        ],
+    );
     let mut s = broker.connect();
     assert_eq!(create(&mut s, "wide", 1, &[]).error, ErrorCode::None);
-    // 6 batches of ~900 KB: more than the broker's socket send buffer (at most 4 MiB) can hold.
+    // Batches of ~900 KB, 2 MiB more than the broker's socket send buffer can hold.
+    let send_buffer_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -1077,7 +1090,8 @@ fn a_peer_that_does_not_read_its_answer_is_cut_off_and_others_are_served() {
             .unwrap();
     }
     let big = b.build().unwrap();
-    for _ in 0..6 {
+    let batches = (send_buffer_max + (2 << 20)).div_ceil(big.len());
+    for _ in 0..batches {
         assert_eq!(produce(&mut s, "wide", 0, -1, &big).error, ErrorCode::None);
     }
     // A reader with a tiny receive buffer asks for all of it and reads nothing.
@@ -1110,14 +1124,16 @@ fn a_peer_that_does_not_read_its_answer_is_cut_off_and_others_are_served() {
         }],
     };
     send_only(&mut slow, ApiKey::Fetch, 5, &req);
-    let answer = 6 * big.len();
-    // The broker allows 10 s plus 1 s per MiB (about 15 s here); meanwhile others are served.
-    std::thread::sleep(Duration::from_secs(3));
+    let answer = batches * big.len();
+    let allowed =
+        Duration::from_secs(2) + Duration::from_secs_f64(answer as f64 / (1 << 20) as f64);
+    // Meanwhile others are served.
+    std::thread::sleep(Duration::from_secs(1));
     // A request the broker cannot read while it waits to write: closing with unread bytes resets
     // the connection at once, rather than letting what the kernel already holds trickle out first.
     send_only(&mut slow, ApiKey::ApiVersions, 6, &ApiVersionsRequest {});
     api_versions_ok(&mut s, 7);
-    std::thread::sleep(Duration::from_secs(14));
+    std::thread::sleep(allowed + Duration::from_secs(1));
     // The connection ends, short of the answer.
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -1297,11 +1297,17 @@ impl Log {
     /// Order (so a crash at any point reopens to either the old or the new log, never a mix): find
     /// the cut without changing anything; lower the recovery point durably to the kept segment, so
     /// recovery rescans it; unlink the later segments and sync the directory; cut and sync the file;
-    /// rebuild the kept segment's metadata. An error after the first destructive step fails the log
-    /// (reopening recovers it).
+    /// rebuild the kept segment's metadata. Any error fails the log (reopening recovers it): the
+    /// batches it was to remove may still be there, and no append may follow them.
     pub async fn truncate_suffix(&self, offset: u64) -> Result<()> {
         let _permit = lock(&self.append_lock).await?;
         self.st.borrow().check_writable()?;
+        let outcome = self.truncate_suffix_locked(offset).await;
+        self.fail_on_error(outcome)
+    }
+
+    /// `truncate_suffix`, under `append_lock`.
+    async fn truncate_suffix_locked(&self, offset: u64) -> Result<()> {
         // Every write must have landed before bytes are cut from under it.
         self.flush_and_quiesce().await?;
         let (log_start, log_end) = {

@@ -225,9 +225,16 @@ fn usage_error(e: clap::Error) -> ExitCode {
             fail(2, "a subcommand is missing (see --help)")
         }
         _ => {
+            // clap's first paragraph is the error (names of missing arguments on lines of their
+            // own); a usage block and a hint follow.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = first.join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
             fail(2, &format!("{first} (see --help)"))
         }
     }
@@ -451,6 +458,8 @@ fn split_once<'a>(line: &'a [u8], sep: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
 }
 
 async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), CliError> {
+    // Handlers first: a signal during the set-up below must end the command the same way.
+    let stop = stop_signal();
     let config = ConsumerConfig {
         group: args.group.clone(),
         max_wait: Duration::from_millis(200),
@@ -489,7 +498,8 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
     let mut committed_at = Instant::now();
     let mut out = std::io::stdout().lock();
     let mut line = Vec::new();
-    let stop = stop_signal();
+    // Records printed since the last commit.
+    let mut uncommitted = false;
     tokio::pin!(stop);
     'poll: loop {
         if args.max_messages.is_some_and(|m| seen >= m) {
@@ -535,6 +545,7 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
                 break 'poll;
             }
             seen += 1;
+            uncommitted = true;
             if args.max_messages.is_some_and(|m| seen >= m) {
                 rewind(&mut consumer, &args.topic, records)?;
                 break 'poll;
@@ -543,8 +554,13 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
         let _ = out.flush();
         // Committed as it goes, so a consumer stopped any way (even killed) repeats at most about
         // a second of records next time.
-        if args.group.is_some() && committed_at.elapsed() >= AUTO_COMMIT_INTERVAL {
-            consumer.commit().await?;
+        if args.group.is_some() && uncommitted && committed_at.elapsed() >= AUTO_COMMIT_INTERVAL {
+            match consumer.commit().await {
+                Ok(()) => uncommitted = false,
+                // Tried again at the next interval, and at the end.
+                Err(e) if e.is_retriable() => eprintln!("mlog: committing offsets: {e}; retrying"),
+                Err(e) => return Err(e.into()),
+            }
             committed_at = Instant::now();
         }
         if args
@@ -564,21 +580,28 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
 /// How often `mlog consume --group` commits what it printed.
 const AUTO_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Resolves on Ctrl-C or SIGTERM (never, if the handlers cannot be installed).
-async fn stop_signal() {
+/// Installs handlers for SIGINT (Ctrl-C) and SIGTERM at once, and resolves when either comes
+/// (never, for a handler that could not be installed).
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
+    let handlers = [SignalKind::interrupt(), SignalKind::terminate()].map(|k| signal(k).ok());
+    async move {
+        let [mut interrupt, mut terminate] = handlers;
+        let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
+            let s = s.take();
+            async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
             }
-            None => std::future::pending().await,
+        };
+        tokio::select! {
+            _ = recv(&mut interrupt) => {}
+            _ = recv(&mut terminate) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminated => {}
     }
 }
 

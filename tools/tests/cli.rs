@@ -360,15 +360,19 @@ fn usage_errors_are_one_line_and_consume_commits_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let b = broker.addr();
-    for args in [
-        &["topic", "create"][..],
-        &["consume", "t", "--from-time", "yesterday"],
-        &["produce", "t", "--acks", "none", "--print-offsets"],
+    for (args, says) in [
+        (&["topic", "create"][..], "<NAME>"),
+        (&["consume", "t", "--from-time", "yesterday"], "RFC 3339"),
+        (
+            &["produce", "t", "--acks", "none", "--print-offsets"],
+            "--acks",
+        ),
     ] {
         let out = mlog(b, args, b"");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
     }
     ok(mlog(
         b,
@@ -377,7 +381,7 @@ fn usage_errors_are_one_line_and_consume_commits_on_sigterm() {
     ));
     ok(mlog(b, &["produce", "tail"], b"a\nb\nc\n"));
     // No stop condition: it reads until SIGTERM, then commits what it printed.
-    let child = Command::new(env!("CARGO_BIN_EXE_mlog"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlog"))
         .args([
             "--bootstrap",
             b,
@@ -391,7 +395,15 @@ fn usage_errors_are_one_line_and_consume_commits_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Once the three records are printed (bounded: the consume's own reads are).
+    let mut printed = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut printed, &mut line).unwrap();
+        lines.push(line);
+    }
+    assert_eq!(lines, ["a\n", "b\n", "c\n"]);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -399,7 +411,6 @@ fn usage_errors_are_one_line_and_consume_commits_on_sigterm() {
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(out.stdout, b"a\nb\nc\n");
     let offsets: serde_json::Value =
         serde_json::from_str(&ok(mlog(b, &["group", "offsets", "g", "-o", "json"], b""))).unwrap();
     assert_eq!(offsets["offsets"][0]["offset"], 3, "{offsets}");
