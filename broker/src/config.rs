@@ -25,6 +25,10 @@ pub struct BrokerConfig {
     /// that shard-aware clients can talk to a partition's owner directly (Metadata advertises
     /// these). `None`: each shard takes a free port.
     pub shard_port_base: Option<u16>,
+    /// Host name or address Metadata gives clients for the shard listeners (as Kafka's
+    /// `advertised.listeners`). `None`: the address each shard listens on, which is wrong for remote
+    /// clients when that is `0.0.0.0`.
+    pub advertised_host: Option<String>,
     /// Largest frame a peer may send; larger length fields close the connection.
     pub max_frame_bytes: usize,
     /// Bytes of large requests (over 64 KiB) a shard buffers at once, over all its connections: a
@@ -63,6 +67,7 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("mlog-data"),
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard_port_base: None,
+            advertised_host: None,
             max_frame_bytes: mlog_wire::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_request_memory_bytes: 256 << 20,
             retention_check_ms: 60_000,
@@ -84,6 +89,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     shards: Option<usize>,
     shard_port_base: Option<u16>,
+    advertised_host: Option<String>,
     max_frame_bytes: Option<usize>,
     max_request_memory_bytes: Option<usize>,
     retention_check_ms: Option<u64>,
@@ -104,7 +110,8 @@ struct FileConfig {
     after_help = "Examples:\n  mlog-broker\n  mlog-broker --listen 0.0.0.0:9092 --data-dir /var/lib/mlog --shards 4\n  mlog-broker --config /etc/mlog/broker.toml"
 )]
 pub struct Args {
-    /// TOML configuration file (keys: listen, data_dir, shards, shard_port_base, max_frame_bytes,
+    /// TOML configuration file (keys: listen, data_dir, shards, shard_port_base, advertised_host,
+    /// max_frame_bytes,
     /// max_request_memory_bytes, retention_check_ms, spin_before_park_us, shard_slice_us,
     /// io_memory_bytes, max_partitions_per_shard, slow_peer_grace_ms, slow_peer_min_bytes_per_sec).
     #[arg(long, env = "MLOG_CONFIG")]
@@ -121,6 +128,9 @@ pub struct Args {
     /// First port of the per-shard listeners (shard i: base + i) [default: free ports].
     #[arg(long, env = "MLOG_SHARD_PORT_BASE")]
     pub shard_port_base: Option<u16>,
+    /// Host clients are told to connect to for the shard listeners [default: the listen address].
+    #[arg(long, env = "MLOG_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
     /// Largest accepted frame in bytes [default: 64 MiB].
     #[arg(long, env = "MLOG_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -201,6 +211,11 @@ impl BrokerConfig {
                 .unwrap_or(d.data_dir),
             shards: args.shards.or(file.shards).unwrap_or(d.shards),
             shard_port_base: args.shard_port_base.or(file.shard_port_base),
+            advertised_host: args
+                .advertised_host
+                .clone()
+                .or(file.advertised_host)
+                .or(d.advertised_host),
             max_frame_bytes: args
                 .max_frame_bytes
                 .or(file.max_frame_bytes)

@@ -950,7 +950,11 @@ fn metadata(shard: &Shard, req: MetadataRequest) -> MetadataResponse {
                 addr.map(|a| ShardEndpoint {
                     node_id: 0,
                     shard: s as u16,
-                    host: a.ip().to_string(),
+                    host: shard
+                        .config
+                        .advertised_host
+                        .clone()
+                        .unwrap_or_else(|| a.ip().to_string()),
                     port: a.port(),
                 })
             })

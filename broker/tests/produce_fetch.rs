@@ -1185,3 +1185,20 @@ fn a_timed_out_produce_is_appended_before_its_connection_reads_on() {
     }
     assert_eq!(broker.terminate(), 0);
 }
+
+#[test]
+fn metadata_advertises_the_configured_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &["--advertised-host", "localhost"]);
+    let mut s = broker.connect();
+    let m = metadata(&mut s, None);
+    assert_eq!(m.endpoints.len(), 2);
+    for e in &m.endpoints {
+        assert_eq!(e.host, "localhost");
+        // The advertised name reaches the shard's listener.
+        let mut shard = std::net::TcpStream::connect((e.host.as_str(), e.port)).unwrap();
+        shard.set_read_timeout(Some(TIMEOUT)).unwrap();
+        api_versions_ok(&mut shard, 1);
+    }
+    assert_eq!(broker.terminate(), 0);
+}
