@@ -336,12 +336,15 @@ impl Partition {
             }
             table.snapshot().map_err(|code| code.to_string())?
         };
+        // Counted as done (the table's records appended) before any step may fail: a failing one is
+        // tried again only after another table's worth of commits, not at every commit.
+        {
+            let mut table = groups.borrow_mut();
+            table.compacted_upto = from + table.len() as u64;
+        }
         for batch in snapshot {
             self.log.append(batch).await.map_err(|e| e.to_string())?;
         }
-        // Counted as done before the rest may fail: a failing step is tried again only after
-        // another table's worth of commits, not at every commit.
-        groups.borrow_mut().compacted_upto = self.log.log_end_offset();
         self.log.flush().await.map_err(|e| e.to_string())?;
         let deleted = self
             .log

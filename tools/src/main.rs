@@ -458,8 +458,19 @@ fn split_once<'a>(line: &'a [u8], sep: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
 }
 
 async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), CliError> {
-    // Handlers first: a signal during the set-up below must end the command the same way.
+    // Handlers first: a signal during the set-up below ends the command at once (nothing was
+    // printed, so nothing is committed), and one later ends the loop below.
     let stop = stop_signal();
+    tokio::pin!(stop);
+    let consumer = tokio::select! {
+        consumer = consume_setup(bootstrap, &args) => consumer?,
+        _ = &mut stop => return Ok(()),
+    };
+    consume_loop(consumer, &args, json, stop).await
+}
+
+/// Connects, assigns and seeks as `args` say.
+async fn consume_setup(bootstrap: &str, args: &ConsumeArgs) -> Result<Consumer, CliError> {
     let config = ConsumerConfig {
         group: args.group.clone(),
         max_wait: Duration::from_millis(200),
@@ -493,6 +504,16 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
     if let (Some(offset), Some(p)) = (args.offset, args.partition) {
         consumer.seek_to_offset(&args.topic, p, offset)?;
     }
+    Ok(consumer)
+}
+
+/// Prints records until a limit, the idle timeout or `stop`, committing as it goes with `--group`.
+async fn consume_loop(
+    mut consumer: Consumer,
+    args: &ConsumeArgs,
+    json: bool,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(), CliError> {
     let mut seen = 0u64;
     let mut last = Instant::now();
     let mut committed_at = Instant::now();
@@ -500,7 +521,6 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
     let mut line = Vec::new();
     // Records printed since the last commit.
     let mut uncommitted = false;
-    tokio::pin!(stop);
     'poll: loop {
         if args.max_messages.is_some_and(|m| seen >= m) {
             break;
@@ -508,8 +528,18 @@ async fn consume(bootstrap: &str, args: ConsumeArgs, json: bool) -> Result<(), C
         // Ctrl-C or SIGTERM ends the loop between polls (a poll is cancellation-safe), so what was
         // printed is committed below.
         let records = tokio::select! {
-            records = consumer.poll() => records?,
+            records = consumer.poll() => records,
             _ = &mut stop => break,
+        };
+        let records = match records {
+            Ok(records) => records,
+            Err(e) => {
+                // What was printed is still committed if the broker lets it be (best effort).
+                if args.group.is_some() && uncommitted {
+                    let _ = consumer.commit().await;
+                }
+                return Err(e.into());
+            }
         };
         if !records.is_empty() {
             last = Instant::now();

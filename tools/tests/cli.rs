@@ -395,15 +395,20 @@ fn usage_errors_are_one_line_and_consume_commits_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Once the three records are printed (bounded: the consume's own reads are).
-    let mut printed = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    for _ in 0..3 {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut printed, &mut line).unwrap();
-        lines.push(line);
-    }
-    assert_eq!(lines, ["a\n", "b\n", "c\n"]);
+    // Once the three records are printed (read on a thread: the wait is bounded).
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let lines: Vec<String> = (0..3)
+        .map(|_| rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap())
+        .collect();
+    assert_eq!(lines, ["a", "b", "c"]);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
