@@ -128,11 +128,6 @@ struct Stats {
 const MAX_SECONDS: u64 = 365 * 24 * 3600;
 
 impl Stats {
-    fn count(&self, bytes: usize, measure_from: Instant) {
-        self.messages.fetch_add(1, Ordering::Relaxed);
-        self.count_bytes(bytes, measure_from);
-    }
-
     /// Counts a record unless `limit` are counted already (consumers racing for the last ones
     /// never count more).
     fn count_up_to(&self, limit: u64, bytes: usize, measure_from: Instant) -> bool {
@@ -143,15 +138,11 @@ impl Stats {
             })
             .is_ok();
         if counted {
-            self.count_bytes(bytes, measure_from);
+            self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            let ns = measure_from.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            self.last_ns.fetch_max(ns, Ordering::Relaxed);
         }
         counted
-    }
-
-    fn count_bytes(&self, bytes: usize, measure_from: Instant) {
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        let ns = measure_from.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-        self.last_ns.fetch_max(ns, Ordering::Relaxed);
     }
 }
 
@@ -690,10 +681,8 @@ async fn consume_worker(
                 continue;
             }
             // The rest of a poll past `--messages` is not counted.
-            match expected {
-                Some(e) if !stats.count_up_to(e, value.len(), window.from) => break,
-                Some(_) => {}
-                None => stats.count(value.len(), window.from),
+            if !stats.count_up_to(expected.unwrap_or(u64::MAX), value.len(), window.from) {
+                break;
             }
             if let Some(t) = sent {
                 h.saturating_record((arrived.saturating_sub(t) / 1000).max(1));

@@ -92,8 +92,8 @@ impl Shard {
     /// request that was stored would have a client resend it).
     async fn wait_until_no_shard_serves(&self, token: ServingToken) {
         drop(token);
-        let deadline = std::time::Instant::now() + ALL_SERVED_GRACE;
-        while self.serving.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + ALL_SERVED_GRACE;
+        while self.serving.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             glommio::timer::sleep(STOP_POLL).await;
         }
     }

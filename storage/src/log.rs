@@ -796,8 +796,8 @@ impl Log {
     /// Rolls if an append of this batch must go to a new segment.
     ///
     /// Record timestamps are the producers' to choose, so age alone would let a producer roll a
-    /// segment every other batch (an old timestamp, then a new one) and run the broker out of file
-    /// descriptors. A segment this process created therefore also has to be `MIN_WALL_AGE` (or
+    /// segment at every batch (each a `segment_ms` later than the last) and run the broker out of
+    /// file descriptors. A segment this process created therefore also has to be `MIN_WALL_AGE` (or
     /// `segment_ms`, if shorter) old by the wall clock: at most one roll by age per minute.
     async fn roll_if_needed(&self, len: u64, last_delta: u64, max_timestamp: i64) -> Result<()> {
         let too_old = match self.config.segment_ms {

@@ -614,24 +614,23 @@ const AUTO_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// (never, for a handler that could not be installed).
 fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let handlers = [SignalKind::interrupt(), SignalKind::terminate()].map(|k| signal(k).ok());
+    let [interrupt, terminate] =
+        [SignalKind::interrupt(), SignalKind::terminate()].map(|k| signal(k).ok());
     async move {
-        let [mut interrupt, mut terminate] = handlers;
-        let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
-            let s = s.take();
-            async move {
-                match s {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            }
-        };
         tokio::select! {
-            _ = recv(&mut interrupt) => {}
-            _ = recv(&mut terminate) => {}
+            _ = next_signal(interrupt) => {}
+            _ = next_signal(terminate) => {}
         }
+    }
+}
+
+/// The next delivery of `handler`'s signal (never, without a handler).
+async fn next_signal(handler: Option<tokio::signal::unix::Signal>) {
+    match handler {
+        Some(mut s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
