@@ -111,9 +111,9 @@ struct FileConfig {
 )]
 pub struct Args {
     /// TOML configuration file (keys: listen, data_dir, shards, shard_port_base, advertised_host,
-    /// max_frame_bytes,
-    /// max_request_memory_bytes, retention_check_ms, spin_before_park_us, shard_slice_us,
-    /// io_memory_bytes, max_partitions_per_shard, slow_peer_grace_ms, slow_peer_min_bytes_per_sec).
+    /// max_frame_bytes, max_request_memory_bytes, retention_check_ms, spin_before_park_us,
+    /// shard_slice_us, io_memory_bytes, max_partitions_per_shard, slow_peer_grace_ms,
+    /// slow_peer_min_bytes_per_sec).
     #[arg(long, env = "MLOG_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9092].

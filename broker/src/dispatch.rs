@@ -529,7 +529,8 @@ async fn produce(
             .collect();
         // With acks=all, `timeout_ms` bounds the wait for durability; appends still under way when
         // it passes go on (as in Kafka, a timeout does not mean "not written"), and the connection
-        // waits for them before its next request (`After::Unfinished`). Other acks levels wait for the append only, however long it takes.
+        // waits for them before its next request (`After::Unfinished`). Other acks levels wait for
+        // the append only, however long it takes.
         let timeout_ms = if acks == Acks::All {
             timeout_ms as u64
         } else {

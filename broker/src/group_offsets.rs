@@ -10,7 +10,6 @@
 //! so a crash in between only delays them), so that a topic created again under the same name
 //! starts with no committed offsets, as in Kafka.
 //!
-//!
 //! Compaction keeps the partition's size bounded by the table's, not by the number of commits
 //! (retention is off for the internal topic, since a group's offsets must outlive any age limit).
 //! Once the log holds a sealed segment, and at least as many records were appended since the last
