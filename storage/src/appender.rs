@@ -16,14 +16,23 @@
 //! * after any failed or short write the appender is failed for good: nothing after a hole may be
 //!   reported written. The log then refuses writes until reopened and recovered.
 //!
-//! A sync covers a position once `written_upto` reached it: `fdatasync` is issued only then.
+//! A sync covers a position once `written_upto` reached it: `fdatasync` is issued only then, and
+//! only if a write below it went out without `O_DSYNC`.
+//!
+//! Write-through: full write buffers (the throughput case) go through the plain file handle, every
+//! other write (tails and head blocks, which only a sync asks for) through a second handle opened
+//! with `O_DSYNC`, so that it is durable when it completes, unless a plain write that no
+//! `fdatasync` covered yet went before it (then the sync needs an `fdatasync` anyway). A sync whose
+//! writes all went through needs no `fdatasync`: one I/O and one completion per round instead of
+//! two, issued by the kernel right behind the write instead of after the executor saw it complete
+//! (measured at 620 k msgs/s of acks=all: produce p99 3.1-3.2 ms against 4.1-5.5).
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 
 use event_listener::Event;
-use glommio::io::{DmaBuffer, DmaFile};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use crate::config::BLOCK_BYTES;
 use crate::error::{IoContext, Result, StorageError};
@@ -31,6 +40,13 @@ use crate::error::{IoContext, Result, StorageError};
 /// State shared between the appender and its write tasks.
 pub(crate) struct WriteState {
     written_upto: Cell<u64>,
+    /// Logical end of the last write that went out without `O_DSYNC`.
+    plain_upto: Cell<u64>,
+    /// `written_upto` when the last successful `fdatasync` was issued: every write ending there or
+    /// below is durable.
+    synced_upto: Cell<u64>,
+    /// `fdatasync`s issued (tests read it).
+    fdatasyncs: Cell<u64>,
     in_flight: Cell<usize>,
     failure: RefCell<Option<String>>,
     changed: Event,
@@ -40,6 +56,9 @@ impl WriteState {
     fn new(written_upto: u64) -> Rc<Self> {
         Rc::new(WriteState {
             written_upto: Cell::new(written_upto),
+            plain_upto: Cell::new(written_upto),
+            synced_upto: Cell::new(written_upto),
+            fdatasyncs: Cell::new(0),
             in_flight: Cell::new(0),
             failure: RefCell::new(None),
             changed: Event::new(),
@@ -84,6 +103,11 @@ impl WriteState {
         self.wait_for(|s| s.written_upto.get() >= pos).await
     }
 
+    /// Whether a plain write went out that no `fdatasync` covered yet.
+    fn plain_unsynced(&self) -> bool {
+        self.plain_upto.get() > self.synced_upto.get()
+    }
+
     /// Waits until fewer than `limit` writes are in flight.
     pub(crate) async fn wait_room(&self, limit: usize) -> Result<()> {
         self.wait_for(|s| s.in_flight.get() < limit).await
@@ -100,6 +124,8 @@ struct Head {
 /// Appends bytes to one segment file through aligned DMA writes.
 pub(crate) struct Appender {
     file: Rc<DmaFile>,
+    /// The same file opened with `O_DSYNC`: a write through it is durable when it completes.
+    through: Rc<DmaFile>,
     path: PathBuf,
     state: Rc<WriteState>,
     block: u64,
@@ -115,8 +141,10 @@ pub(crate) struct Appender {
 }
 
 impl Appender {
-    /// Starts appending at `end`, the logical end of the valid data in `file`. The partial block
-    /// below `end`, if any, is read back so it can be rewritten as it fills.
+    /// Starts appending at `end`, the logical end of the valid data in `file` (at `path`, which it
+    /// opens a second time for write-through). The partial block below `end`, if any, is read back
+    /// so it can be rewritten as it fills. The data below `end` counts as synced: the caller syncs
+    /// it before relying on it.
     pub(crate) async fn new(
         file: Rc<DmaFile>,
         path: PathBuf,
@@ -152,9 +180,16 @@ impl Appender {
         } else {
             None
         };
+        let through = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .dma_open(&path)
+            .await
+            .ctx("opening segment for write-through", &path)?;
         Ok(Appender {
             buf: file.alloc_dma_buffer(buffer_bytes),
             file,
+            through: Rc::new(through),
             path,
             state: WriteState::new(end),
             block,
@@ -197,7 +232,7 @@ impl Appender {
                 if head.len == self.block as usize {
                     let pos = self.buf_pos - self.block;
                     if let Some(full) = self.head.take() {
-                        self.submit(full.buf, pos);
+                        self.submit(full.buf, pos, Handle::Through);
                     }
                 }
                 continue;
@@ -213,7 +248,7 @@ impl Appender {
                 let pos = self.buf_pos;
                 self.buf_pos += full.len() as u64;
                 self.buf_len = 0;
-                self.submit(full, pos);
+                self.submit(full, pos, Handle::Plain);
             }
         }
     }
@@ -233,7 +268,7 @@ impl Appender {
                 &head.buf.as_bytes()[..head.len],
             ));
             let pos = self.buf_pos - self.block;
-            self.submit(head.buf, pos);
+            self.submit(head.buf, pos, Handle::Through);
             return end;
         }
         let padded = (self.buf_len as u64).div_ceil(self.block) * self.block;
@@ -250,11 +285,14 @@ impl Appender {
         }
         self.buf_pos += padded;
         self.buf_len = 0;
-        self.submit(out, pos);
+        self.submit(out, pos, Handle::Through);
         end
     }
 
-    fn submit(&mut self, buf: DmaBuffer, pos: u64) {
+    /// Issues a write; `handle` says which handle it wants, and a write wanting `Through` goes
+    /// plain too while a plain write is unsynced (the sync that covers it needs an `fdatasync`
+    /// anyway, which would make write-through's own flush of the disk cache a second one).
+    fn submit(&mut self, buf: DmaBuffer, pos: u64, handle: Handle) {
         let start = self.submitted_upto;
         // Callers have already moved `buf_pos`/`buf_len` past this buffer, so `end()` is where its
         // data stops: the buffer's end for a full one, the data's end for a padded tail.
@@ -263,7 +301,12 @@ impl Appender {
         self.submitted_upto = end;
         let rewrites_tail = pos < start;
         let state = self.state.clone();
-        let file = self.file.clone();
+        let file = if handle == Handle::Through && !state.plain_unsynced() {
+            self.through.clone()
+        } else {
+            state.plain_upto.set(end);
+            self.file.clone()
+        };
         let path = self.path.clone();
         state.in_flight.set(state.in_flight.get() + 1);
         glommio::spawn_local(async move {
@@ -278,7 +321,8 @@ impl Appender {
         .detach();
     }
 
-    /// Waits for every submitted write, then `fdatasync`s. Returns the position now durable.
+    /// Waits for every submitted write, then `fdatasync`s if a plain write is not yet covered by
+    /// one. Returns the position now durable.
     pub(crate) async fn sync_upto(
         file: &DmaFile,
         state: &WriteState,
@@ -286,6 +330,14 @@ impl Appender {
         pos: u64,
     ) -> Result<u64> {
         state.wait_written(pos).await?;
+        // Every write below `pos` completed. Those that went through are durable; the plain ones
+        // ended at or below `plain_upto`, so if an fdatasync issued after they completed covered
+        // that far, they are too. (Conservative: a plain write past `pos` also asks for one.)
+        if !state.plain_unsynced() {
+            return Ok(pos);
+        }
+        let covers = state.written_upto.get();
+        state.fdatasyncs.set(state.fdatasyncs.get() + 1);
         if let Err(e) = file.fdatasync().await {
             let err = StorageError::glommio("fdatasync", path, e);
             // A failed fdatasync leaves the page state unknown (the "fsyncgate" lesson): never retry it
@@ -293,12 +345,20 @@ impl Appender {
             state.fail(err.to_string());
             return Err(err);
         }
+        state.synced_upto.set(state.synced_upto.get().max(covers));
         Ok(pos)
     }
 
     pub(crate) fn file(&self) -> &Rc<DmaFile> {
         &self.file
     }
+}
+
+/// Which of a segment's two handles a write goes through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handle {
+    Plain,
+    Through,
 }
 
 /// A head block holding `data` (shorter than a block), zero past it.
@@ -343,8 +403,8 @@ async fn write_in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use glommio::io::OpenOptions;
     use proptest::prelude::*;
+    use std::os::fd::AsRawFd;
 
     /// Appends, tail submits (as sync rounds do) and restarts (as a reopen does, at block-aligned
     /// or mid-block ends) in any order, with buffers of one to four blocks: the file always holds
@@ -384,7 +444,10 @@ mod tests {
                     0 | 1 => {}
                     2 => {
                         let end = a.submit_tail();
-                        a.state().wait_written(end).await.expect("written");
+                        let file = a.file().clone();
+                        Appender::sync_upto(&file, a.state(), &path, end)
+                            .await
+                            .expect("synced");
                     }
                     _ => {
                         let end = a.submit_tail();
@@ -416,5 +479,72 @@ mod tests {
         ) {
             check(ops, buffer_blocks);
         }
+    }
+
+    /// Syncs of tails and head blocks need no fdatasync (their writes went through the `O_DSYNC`
+    /// handle); a full buffer's plain write makes the next sync issue one, and only that sync.
+    #[test]
+    fn only_plain_writes_need_an_fdatasync() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor");
+        ex.run(async move {
+            let dir = tempfile::tempdir().expect("temp dir");
+            crate::dma_probe::ensure_probed(dir.path())
+                .await
+                .expect("probe");
+            let path = dir.path().join("seg.log");
+            let file = Rc::new(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .dma_open(&path)
+                    .await
+                    .expect("open"),
+            );
+            let buffer = 4 * BLOCK_BYTES;
+            let mut a = Appender::new(file.clone(), path.clone(), 0, buffer)
+                .await
+                .expect("appender");
+            // SAFETY: F_GETFL only reads the descriptor's status flags.
+            let flags = unsafe { libc::fcntl(a.through.as_raw_fd(), libc::F_GETFL) };
+            assert_ne!(
+                flags & libc::O_DSYNC,
+                0,
+                "the write-through handle lacks O_DSYNC"
+            );
+            let mut expected = Vec::new();
+            let sync = |a: &mut Appender, len: usize, expected: &mut Vec<u8>| {
+                let data: Vec<u8> = (0..len).map(|i| (expected.len() + i) as u8).collect();
+                a.append(&data);
+                expected.extend_from_slice(&data);
+                a.submit_tail()
+            };
+            // A tail, then the head block it left, rewritten as it fills.
+            for len in [100, 1000, BLOCK_BYTES] {
+                let end = sync(&mut a, len, &mut expected);
+                Appender::sync_upto(&file, &a.state, &path, end)
+                    .await
+                    .expect("synced");
+            }
+            assert_eq!(a.state.fdatasyncs.get(), 0);
+            // More than a buffer: a full one goes out plain, and the sync covering it needs one.
+            let end = sync(&mut a, 5 * BLOCK_BYTES, &mut expected);
+            Appender::sync_upto(&file, &a.state, &path, end)
+                .await
+                .expect("synced");
+            assert_eq!(a.state.fdatasyncs.get(), 1);
+            let end = sync(&mut a, 10, &mut expected);
+            Appender::sync_upto(&file, &a.state, &path, end)
+                .await
+                .expect("synced");
+            assert_eq!(a.state.fdatasyncs.get(), 1);
+            let on_disk = file
+                .read_at_aligned(0, expected.len().next_multiple_of(BLOCK_BYTES))
+                .await
+                .expect("read");
+            assert_eq!(&on_disk[..expected.len()], &expected[..]);
+        });
     }
 }

@@ -6,11 +6,12 @@
 //! never across an `.await`. Appends are serialized by `append_lock` (they only await for a roll, a
 //! preallocation or back-pressure). A caller waiting for durability either finds its offset covered
 //! by a running group-commit round or starts the next one, which covers every append made before it
-//! started — many appenders, one `fdatasync`.
+//! started — many appenders, one sync (an `fdatasync`, or none when the round's writes went out
+//! with `O_DSYNC`: see `appender`).
 //!
 //! Durability invariants:
-//! * `flushed_offset` only moves forward past data that an `fdatasync` covered, and sealed segments are
-//!   synced before the active one, so a durable offset never depends on an unsynced older segment;
+//! * `flushed_offset` only moves forward past data that is durable (written with `O_DSYNC`, or covered
+//!   by an `fdatasync`), and sealed segments are synced before the active one, so a durable offset never depends on an unsynced older segment;
 //! * the recovery-point checkpoint names a segment base below which every segment is synced and
 //!   trimmed, so recovery scans only from there;
 //! * a roll waits for no I/O but creating the new segment: the next round makes its name durable
