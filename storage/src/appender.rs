@@ -406,10 +406,8 @@ mod tests {
     use proptest::prelude::*;
     use std::os::fd::AsRawFd;
 
-    /// Appends, tail submits (as sync rounds do) and restarts (as a reopen does, at block-aligned
-    /// or mid-block ends) in any order, with buffers of one to four blocks: the file always holds
-    /// exactly the appended bytes, zeros after them.
-    fn check(ops: Vec<(usize, u8)>, buffer_blocks: usize) {
+    /// Runs `test` on an executor, with the path of a segment file in a fresh, probed directory.
+    fn with_segment_path<F: std::future::Future<Output = ()>>(test: impl FnOnce(PathBuf) -> F) {
         let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .make()
             .expect("executor");
@@ -418,20 +416,40 @@ mod tests {
             crate::dma_probe::ensure_probed(dir.path())
                 .await
                 .expect("probe");
-            let path = dir.path().join("seg.log");
-            let open = || async {
-                Rc::new(
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .dma_open(&path)
-                        .await
-                        .expect("open"),
-                )
-            };
+            test(dir.path().join("seg.log")).await;
+        });
+    }
+
+    async fn open_segment(path: &std::path::Path) -> Rc<DmaFile> {
+        Rc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .dma_open(path)
+                .await
+                .expect("open"),
+        )
+    }
+
+    /// Asserts that the file starts with `expected` and holds only zeros after it, up to
+    /// the block's end.
+    async fn assert_holds(file: &DmaFile, expected: &[u8]) {
+        let on_disk = file
+            .read_at_aligned(0, expected.len().next_multiple_of(BLOCK_BYTES))
+            .await
+            .expect("read");
+        assert_eq!(&on_disk[..expected.len()], expected);
+        assert!(on_disk[expected.len()..].iter().all(|&b| b == 0));
+    }
+
+    /// Appends, tail submits and syncs (as sync rounds do) and restarts (as a reopen does, at
+    /// block-aligned or mid-block ends) in any order, with buffers of one to four blocks: the file
+    /// always holds exactly the appended bytes, zeros after them.
+    fn check(ops: Vec<(usize, u8)>, buffer_blocks: usize) {
+        with_segment_path(|path| async move {
             let buffer = buffer_blocks * BLOCK_BYTES;
-            let mut a = Appender::new(open().await, path.clone(), 0, buffer)
+            let mut a = Appender::new(open_segment(&path).await, path.clone(), 0, buffer)
                 .await
                 .expect("appender");
             let mut expected = Vec::new();
@@ -452,7 +470,7 @@ mod tests {
                     _ => {
                         let end = a.submit_tail();
                         a.state().wait_written(end).await.expect("written");
-                        a = Appender::new(open().await, path.clone(), end, buffer)
+                        a = Appender::new(open_segment(&path).await, path.clone(), end, buffer)
                             .await
                             .expect("reopened appender");
                     }
@@ -460,13 +478,7 @@ mod tests {
             }
             let end = a.submit_tail();
             a.state().wait_written(end).await.expect("written");
-            let file = open().await;
-            let on_disk = file
-                .read_at_aligned(0, expected.len().next_multiple_of(BLOCK_BYTES))
-                .await
-                .expect("read");
-            assert_eq!(&on_disk[..expected.len()], &expected[..]);
-            assert!(on_disk[expected.len()..].iter().all(|&b| b == 0));
+            assert_holds(&*open_segment(&path).await, &expected).await;
         });
     }
 
@@ -485,26 +497,9 @@ mod tests {
     /// handle); a full buffer's plain write makes the next sync issue one, and only that sync.
     #[test]
     fn only_plain_writes_need_an_fdatasync() {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .make()
-            .expect("executor");
-        ex.run(async move {
-            let dir = tempfile::tempdir().expect("temp dir");
-            crate::dma_probe::ensure_probed(dir.path())
-                .await
-                .expect("probe");
-            let path = dir.path().join("seg.log");
-            let file = Rc::new(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .dma_open(&path)
-                    .await
-                    .expect("open"),
-            );
-            let buffer = 4 * BLOCK_BYTES;
-            let mut a = Appender::new(file.clone(), path.clone(), 0, buffer)
+        with_segment_path(|path| async move {
+            let file = open_segment(&path).await;
+            let mut a = Appender::new(file.clone(), path.clone(), 0, 4 * BLOCK_BYTES)
                 .await
                 .expect("appender");
             // SAFETY: F_GETFL only reads the descriptor's status flags.
@@ -515,36 +510,24 @@ mod tests {
                 "the write-through handle lacks O_DSYNC"
             );
             let mut expected = Vec::new();
-            let sync = |a: &mut Appender, len: usize, expected: &mut Vec<u8>| {
+            let mut append_and_sync = async |len: usize| {
                 let data: Vec<u8> = (0..len).map(|i| (expected.len() + i) as u8).collect();
                 a.append(&data);
                 expected.extend_from_slice(&data);
-                a.submit_tail()
-            };
-            // A tail, then the head block it left, rewritten as it fills.
-            for len in [100, 1000, BLOCK_BYTES] {
-                let end = sync(&mut a, len, &mut expected);
+                let end = a.submit_tail();
                 Appender::sync_upto(&file, &a.state, &path, end)
                     .await
                     .expect("synced");
+                a.state.fdatasyncs.get()
+            };
+            // A tail, then the head block it left, rewritten as it fills.
+            for len in [100, 1000, BLOCK_BYTES] {
+                assert_eq!(append_and_sync(len).await, 0);
             }
-            assert_eq!(a.state.fdatasyncs.get(), 0);
             // More than a buffer: a full one goes out plain, and the sync covering it needs one.
-            let end = sync(&mut a, 5 * BLOCK_BYTES, &mut expected);
-            Appender::sync_upto(&file, &a.state, &path, end)
-                .await
-                .expect("synced");
-            assert_eq!(a.state.fdatasyncs.get(), 1);
-            let end = sync(&mut a, 10, &mut expected);
-            Appender::sync_upto(&file, &a.state, &path, end)
-                .await
-                .expect("synced");
-            assert_eq!(a.state.fdatasyncs.get(), 1);
-            let on_disk = file
-                .read_at_aligned(0, expected.len().next_multiple_of(BLOCK_BYTES))
-                .await
-                .expect("read");
-            assert_eq!(&on_disk[..expected.len()], &expected[..]);
+            assert_eq!(append_and_sync(5 * BLOCK_BYTES).await, 1);
+            assert_eq!(append_and_sync(10).await, 1);
+            assert_holds(&file, &expected).await;
         });
     }
 }
