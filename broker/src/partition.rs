@@ -26,7 +26,7 @@ use crate::group_offsets::{Commit, GroupOffsets};
 /// A partition's log and its waiting readers.
 pub(crate) struct Partition {
     pub log: Rc<Log>,
-    /// Whether acks=all waits for an fdatasync (`flush.policy=always`).
+    /// Whether acks=all waits for a sync to disk (`flush.policy=always`).
     pub sync_on_ack: bool,
     /// Notified after every append, for long-polling fetches.
     pub appended: Event,
@@ -285,7 +285,7 @@ impl Partition {
         futures_lite::future::or(any_append, over).await;
     }
 
-    /// Stores `commits` of `group` durably (append + fdatasync), then applies them.
+    /// Stores `commits` of `group` durably (append + sync), then applies them.
     pub(crate) async fn commit_offsets(
         &self,
         group: &str,

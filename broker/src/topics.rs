@@ -232,7 +232,7 @@ pub(crate) fn log_config(configs: &[ConfigEntry]) -> Result<LogConfig, (ErrorCod
     Ok(c)
 }
 
-/// Whether acks=all on a topic waits for an fdatasync (`flush.policy` is `always`, the default).
+/// Whether acks=all on a topic waits for a sync to disk (`flush.policy` is `always`, the default).
 pub(crate) fn sync_on_ack(configs: &[ConfigEntry]) -> bool {
     configs
         .iter()

@@ -17,7 +17,7 @@
 //!   reported written. The log then refuses writes until reopened and recovered.
 //!
 //! A sync covers a position once `written_upto` reached it: `fdatasync` is issued only then, and
-//! only if a write below it went out without `O_DSYNC`.
+//! only if a plain write (one without `O_DSYNC`) is not yet covered by an earlier one.
 //!
 //! Write-through: full write buffers (the throughput case) go through the plain file handle, every
 //! other write (tails and head blocks, which only a sync asks for) through a second handle opened
@@ -345,6 +345,9 @@ impl Appender {
             state.fail(err.to_string());
             return Err(err);
         }
+        // An overlapping sync's fdatasync of this file may have failed meanwhile, taking the error
+        // report this one would otherwise have seen: it failed the state at once.
+        state.check()?;
         state.synced_upto.set(state.synced_upto.get().max(covers));
         Ok(pos)
     }

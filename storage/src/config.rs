@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use crate::error::{Result, StorageError};
 
-/// When appended data is made durable with `fdatasync`.
+/// When appended data is made durable (a group-commit sync round: `O_DSYNC` writes or `fdatasync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
-    /// Every `append` returns only after a group-committed `fdatasync` covered it.
+    /// Every `append` returns only after a group-commit round made it durable.
     Always,
     /// A background task flushes at this interval; `append` returns once the batch is buffered.
     Interval(Duration),

@@ -208,7 +208,7 @@ struct State {
     segments: BTreeMap<u64, Segment>,
     log_start: u64,
     log_end: u64,
-    /// Every offset below is covered by an fdatasync.
+    /// Every offset below is durable (written with `O_DSYNC`, or covered by an fdatasync).
     flushed: u64,
     /// Last checkpointed recovery point (a segment base).
     recovery_point: u64,
@@ -608,7 +608,7 @@ impl Log {
     /// Appends a batch, assigning its offsets, after checking its header and CRC
     /// (`ValidBatch::check`). The batch's base offset field is rewritten, and its partition leader
     /// epoch is set to the newest epoch of the history (if any); nothing else is changed. Returns
-    /// once the batch is buffered, or, with `FlushPolicy::Always`, once an fdatasync covered it.
+    /// once the batch is buffered, or, with `FlushPolicy::Always`, once a sync round made it durable.
     pub async fn append(&self, batch: BytesMut) -> Result<AppendInfo> {
         self.append_valid(ValidBatch::check(batch)?).await
     }
@@ -948,7 +948,7 @@ impl Log {
         Ok(())
     }
 
-    /// Makes every append made before this call durable (one fdatasync shared with concurrent
+    /// Makes every append made before this call durable (one sync round shared with concurrent
     /// callers). Returns the offset below which everything is durable.
     pub async fn flush(&self) -> Result<u64> {
         let target = self.st.borrow().log_end;
@@ -1046,7 +1046,16 @@ impl Log {
         // directory fsync runs beside them, on the blocking pool.
         let data = async {
             for (file, path) in &sealed {
-                file.fdatasync().await.ctx("fdatasync", path)?;
+                if let Err(e) = file.fdatasync().await.ctx("fdatasync", path) {
+                    // Failed at once, not when this round ends: an overlapping round's fdatasync of
+                    // the same file may return clean (this one took the error report) and must not
+                    // report durability meanwhile.
+                    self.st
+                        .borrow_mut()
+                        .failed
+                        .get_or_insert_with(|| e.to_string());
+                    return Err(e);
+                }
             }
             if let Some((file, state, path, position)) = &active {
                 Appender::sync_upto(file, state, path, *position).await?;
@@ -1771,13 +1780,13 @@ impl Log {
         self.st.borrow().log_end
     }
 
-    /// Every offset below this is durable (covered by an fdatasync).
+    /// Every offset below this is durable (written with `O_DSYNC`, or covered by an fdatasync).
     pub fn flushed_offset(&self) -> u64 {
         self.st.borrow().flushed
     }
 
-    /// Group-commit rounds run so far: each is one `fdatasync` per segment with unsynced data, covering
-    /// every append made before it began.
+    /// Group-commit rounds run so far: each makes every append made before it began durable (an
+    /// `fdatasync` per segment with unsynced data, none for writes that went out with `O_DSYNC`).
     pub fn sync_count(&self) -> u64 {
         self.st.borrow().syncs
     }
