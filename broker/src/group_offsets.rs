@@ -3,8 +3,8 @@
 //! A group's commits go to partition `hash(group) % OFFSETS_PARTITIONS` of the internal topic, so
 //! one shard (that partition's owner) serves the group. A commit is appended as one record batch
 //! (one record per partition: key `(group, topic, partition)`, value `(offset, metadata)`) and
-//! synced to disk before it is applied to the in-memory table and acknowledged; at start the table is
-//! rebuilt by replaying the partition, the last record for a key winning. A record with a key and
+//! synced to disk before it is applied to the in-memory table and acknowledged; at start the table
+//! is rebuilt by replaying the partition, the last record for a key winning. A record with a key and
 //! no value (a tombstone) removes the key: when a topic is deleted, every shard that owns internal
 //! partitions writes tombstones for that topic's offsets (at every table it applies, also at start,
 //! so a crash in between only delays them), so that a topic created again under the same name

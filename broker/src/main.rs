@@ -24,8 +24,8 @@ fn keep_freed_memory() {
 }
 
 /// Raises the open-file limit to its hard limit: every partition holds a few files (its segments'
-/// logs and indexes, and a second handle of its active segment for write-through), so the common soft default of 1024 would cap a broker at a few hundred
-/// partitions. Returns the limit in force.
+/// logs and indexes, and a second handle of its active segment for write-through), so the common
+/// soft default of 1024 would cap a broker at a few hundred partitions. Returns the limit in force.
 fn raise_open_file_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

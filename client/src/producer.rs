@@ -61,7 +61,8 @@ pub enum Acks {
     None,
     /// The leader appended the batch.
     Leader,
-    /// Durable on every in-sync replica (single node: synced to disk on `flush.policy=always` topics).
+    /// Durable on every in-sync replica (single node: synced to disk on `flush.policy=always`
+    /// topics).
     All,
 }
 

@@ -17,7 +17,7 @@
 //!   reported written. The log then refuses writes until reopened and recovered.
 //!
 //! A sync covers a position once `written_upto` reached it: `fdatasync` is issued only then, and
-//! only if a plain write (one without `O_DSYNC`) is not yet covered by an earlier one.
+//! only if some plain write (one without `O_DSYNC`) is not yet covered by an earlier fdatasync.
 //!
 //! Write-through: full write buffers (the throughput case) go through the plain file handle, every
 //! other write (tails and head blocks, which only a sync asks for) through a second handle opened
@@ -25,7 +25,8 @@
 //! `fdatasync` covered yet went before it (then the sync needs an `fdatasync` anyway). A sync whose
 //! writes all went through needs no `fdatasync`: one I/O and one completion per round instead of
 //! two, issued by the kernel right behind the write instead of after the executor saw it complete
-//! (measured at 620 k msgs/s of acks=all: produce p99 3.1-3.2 ms against 4.1-5.5).
+//! (broker produce p99 at half load 3.59 ms against 4.67 in back-to-back benchmark runs;
+//! `docs/architecture.md`, "Write-through tails").
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;

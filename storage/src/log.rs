@@ -10,8 +10,9 @@
 //! with `O_DSYNC`: see `appender`).
 //!
 //! Durability invariants:
-//! * `flushed_offset` only moves forward past data that is durable (written with `O_DSYNC`, or covered
-//!   by an `fdatasync`), and sealed segments are synced before the active one, so a durable offset never depends on an unsynced older segment;
+//! * `flushed_offset` only moves forward past data that is durable (written with `O_DSYNC`, or
+//!   covered by an `fdatasync`), and sealed segments are synced before the active one, so a durable
+//!   offset never depends on an unsynced older segment;
 //! * the recovery-point checkpoint names a segment base below which every segment is synced and
 //!   trimmed, so recovery scans only from there;
 //! * a roll waits for no I/O but creating the new segment: the next round makes its name durable
@@ -608,7 +609,8 @@ impl Log {
     /// Appends a batch, assigning its offsets, after checking its header and CRC
     /// (`ValidBatch::check`). The batch's base offset field is rewritten, and its partition leader
     /// epoch is set to the newest epoch of the history (if any); nothing else is changed. Returns
-    /// once the batch is buffered, or, with `FlushPolicy::Always`, once a sync round made it durable.
+    /// once the batch is buffered, or, with `FlushPolicy::Always`, once a sync round made it
+    /// durable.
     pub async fn append(&self, batch: BytesMut) -> Result<AppendInfo> {
         self.append_valid(ValidBatch::check(batch)?).await
     }
